@@ -1,0 +1,252 @@
+"""The only module that talks to MLflow.
+
+Run model (DESIGN.md): the train stage creates one run per variant and seed and writes its id to
+runs/<variant>/mlflow_run.json; visualize and evaluate reopen that run by id, so one run holds everything
+about one trained model.
+
+Tracking URI: MLFLOW_TRACKING_URI when set (a server), else sqlite:///<repo root>/mlflow.db with artifacts in
+<repo root>/mlartifacts. The repo root is the *main* repository even when DVC runs a queued experiment in a
+temporary copy under <repo>/.dvc/tmp/exps/…, so no run is ever written into a folder that is deleted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from leaflab.errors import LeaflabError
+
+DVC_TEMP_COPY_MARKER = os.path.join(".dvc", "tmp", "exps")
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
+
+
+# ---- where runs go -------------------------------------------------------------------------------------------
+def repo_root(start: str | Path | None = None) -> Path:
+    """The main repository root: DVC_ROOT (mapped out of a queued experiment's temp copy), else the nearest
+    parent of `start` (default: cwd) holding dvc.yaml, else `start` itself."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    base = Path(dvc_root) if dvc_root and start is None else Path(start or os.getcwd())
+    base = base.resolve()
+    text = str(base)
+    marker = os.sep + DVC_TEMP_COPY_MARKER + os.sep
+    if marker in text + os.sep:
+        return Path(text[: (text + os.sep).index(marker)])
+    for candidate in (base, *base.parents):
+        if (candidate / "dvc.yaml").is_file():
+            return candidate
+    return base
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    root = root or repo_root()
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def default_artifact_location(root: Path | None = None) -> str | None:
+    """Artifacts of a local store live beside it; a server decides its own artifact root."""
+    if os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        return None
+    return (root or repo_root()).joinpath("mlartifacts").as_uri()
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (before any training) when a tracking server is down or unreachable."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    probe = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout_s) as response:  # noqa: S310 (the user's server)
+            if response.status >= 400:
+                raise LeaflabError(f"MLflow tracking server {uri} answered HTTP {response.status} at /health; "
+                                   "check the server or unset MLFLOW_TRACKING_URI to use the local store")
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise LeaflabError(f"MLflow tracking server {uri} is unreachable ({reason}); start it (mlflow server …) "
+                           "or unset MLFLOW_TRACKING_URI to use the local store mlflow.db") from None
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    # (no mlflow.set_tracking_uri: it writes MLFLOW_TRACKING_URI into os.environ, which would then read as a
+    # user-chosen server)
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def experiment_id(name: str, uri: str | None = None) -> str:
+    """Get or create the experiment `name` (artifacts under the repo root for the local store)."""
+    c = client(uri)
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            c.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=default_artifact_location())
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return c.get_experiment_by_name(name).experiment_id
+
+
+# ---- tags ----------------------------------------------------------------------------------------------------
+def git_tags(root: Path | None = None) -> dict[str, str]:
+    """git commit and dirty flag of the code that produced a run (empty when not a git checkout)."""
+    root = root or Path.cwd()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+
+
+def run_tags(variant: str, seed: int, params_hash: str) -> dict[str, str]:
+    tags = {"variant": variant, "seed": str(seed), "params_hash": params_hash, **git_tags()}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_exp_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+# ---- one run -------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A handle on one MLflow run; every write goes through here."""
+
+    run_id: str
+    client: MlflowClient
+
+    # metrics / params / tags
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, _param_text(v)) for k, v in params.items()]
+        existing = self.client.get_run(self.run_id).data.params
+        items = [p for p in items if p.key not in existing]  # params are write-once: resume must not re-log
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[start:start + 500])
+
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps already stored for a metric (resume logs only the missing ones)."""
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
+
+    # artifacts
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """A matplotlib figure as a PNG artifact."""
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_image_step(self, image, key: str, step: int) -> None:
+        """An image (HxWx3 uint8 array or PIL image) under `key` at `step`: the MLflow UI shows a step slider."""
+        self.client.log_image(self.run_id, image, key=key, step=step)
+
+    def list_artifacts(self, path: str | None = None) -> list[str]:
+        return [a.path for a in self.client.list_artifacts(self.run_id, path)]
+
+    def download_artifact(self, path: str, dst: str | Path) -> Path:
+        return Path(self.client.download_artifacts(self.run_id, path, str(dst)))
+
+    # lifecycle
+    def status(self) -> str:
+        return self.client.get_run(self.run_id).info.status
+
+    def mark_running(self) -> None:
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _param_text(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> Run:
+    """Create a new run (status RUNNING) in `experiment`."""
+    uri = tracking_uri()
+    check_reachable(uri)
+    c = client(uri)
+    created = c.create_run(experiment_id(experiment, uri), run_name=run_name, tags=tags)
+    return Run(created.info.run_id, c)
+
+
+def open_run(run_id: str) -> Run:
+    """Reopen an existing run by id (resume, or a later stage logging into the train stage's run)."""
+    uri = tracking_uri()
+    check_reachable(uri)
+    c = client(uri)
+    try:
+        c.get_run(run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise LeaflabError(f"MLflow run {run_id} not found in {uri} ({err.error_code}); rerun the train stage "
+                           "(dvc repro -f train@<variant>) or point MLFLOW_TRACKING_URI at the store that has it") \
+            from None
+    return Run(run_id, c)
+
+
+def run_exists(run_id: str) -> bool:
+    try:
+        client().get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+@contextmanager
+def temporary_artifact_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="leaflab-artifacts-") as tmp:
+        yield Path(tmp)
+
+
+# ---- reading runs back (compare, tests) ----------------------------------------------------------------------
+def search_runs(experiment: str, filter_string: str = "", order_by: Iterable[str] = ()) -> list:
+    """All live runs of `experiment` as mlflow.entities.Run, newest first unless `order_by` says otherwise."""
+    c = client()
+    found = c.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return list(c.search_runs([found.experiment_id], filter_string=filter_string,
+                              order_by=list(order_by) or ["attributes.start_time DESC"], max_results=5000))
+
+
+def figure_png_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=figure.dpi)
+    return buffer.getvalue()
