@@ -1,0 +1,35 @@
+# Two commands matter: `make run` (set up if needed, then the whole pipeline) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+# Stage commands call `python`: make it the project's interpreter.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test ui install lock bench clean-runs
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+ui: $(STAMP)
+	$(BIN)/leaflab ui
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/frontends.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/preprocess.py
+
+# Re-pin every dependency to what is installed now (after a deliberate upgrade).
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^leaflab' > requirements.lock

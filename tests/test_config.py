@@ -1,0 +1,100 @@
+"""params.yaml validation: every bad value stops with one line naming the key, the value and what is allowed."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from leaflab.config import (SPEECH_COMMANDS_WORDS, as_dict, config_from_mapping, flatten, load_config)
+from leaflab.errors import LeaflabError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_load_with_the_documented_defaults():
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.data.source == "synthetic"
+    assert cfg.data.synthetic.words == SPEECH_COMMANDS_WORDS and len(SPEECH_COMMANDS_WORDS) == 35
+    assert set(cfg.variants) >= {"pcen", "tbn"}
+    assert cfg.variant_frontend("pcen").compression == "pcen"
+    assert cfg.variant_frontend("tbn").compression == "tbn"
+    # the two default variants differ only in the compression, so the comparison isolates it
+    pcen, tbn = as_dict(cfg.variant_frontend("pcen")), as_dict(cfg.variant_frontend("tbn"))
+    assert {k for k in pcen if pcen[k] != tbn[k]} == {"compression"}
+    assert cfg.train.lr == pytest.approx(1.0e-3) and isinstance(cfg.train.lr, float)
+
+
+def test_variant_overrides_merge_into_the_frontend_block_and_change_only_their_hash():
+    cfg = config_from_mapping({"variants": {"leaf": {"filterbank": "leaf", "compression": "pcen",
+                                                     "pcen": {"alpha": 0.5}},
+                                            "tbn": {"compression": "tbn"}}})
+    leaf = cfg.variant_frontend("leaf")
+    assert leaf.filterbank == "leaf" and leaf.pcen.alpha == 0.5 and leaf.pcen.delta == 2.0
+    assert cfg.variant_frontend("tbn").filterbank == "efficientleaf"
+    other = config_from_mapping({"variants": {"leaf": {"filterbank": "leaf", "compression": "pcen"},
+                                              "tbn": {"compression": "tbn"}}})
+    assert cfg.variant_params_hash("tbn") == other.variant_params_hash("tbn")
+    assert cfg.variant_params_hash("leaf") != other.variant_params_hash("leaf")
+
+
+def test_flatten_gives_dotted_keys():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
+
+
+@pytest.mark.parametrize("mapping, names", [
+    ({"data": {"sample_rate": -16000}}, ["data.sample_rate", "-16000", "[4000, 96000]"]),
+    ({"data": {"synthetic": {"words": []}}}, ["data.synthetic.words", "non-empty"]),
+    ({"data": {"source": "librispeech"}}, ["data.source", "librispeech", "synthetic, speechcommands"]),
+    ({"variants": {"x": {"filterbank": "gammatone"}}}, ["variants.x.filterbank", "gammatone", "leaf, efficientleaf"]),
+    ({"variants": {"x": {"compression": "log"}}}, ["variants.x.compression", "'log'", "pcen, tbn"]),
+    ({"train": {"lr": "1e-3"}}, ["train.lr", "1.0e-3"]),
+    ({"train": {"epochs": 2.5}}, ["train.epochs", "an integer"]),
+    ({"train": {"batch_size": 0}}, ["train.batch_size", "> 0"]),
+    ({"train": {"seeds": [1, 1]}}, ["train.seeds", "distinct"]),
+    ({"bogus": 1}, ["bogus", "unknown key"]),
+    ({"train": {"learning_rate": 0.1}}, ["train.learning_rate", "unknown key", "lr"]),
+    ({"frontend": {"max_freq": 9000.0}}, ["max_freq", "Nyquist"]),
+    ({"frontend": {"pcen": {"alpha": 1.5}}}, ["frontend.pcen.alpha", "[0, 1]"]),
+    ({"variants": {}}, ["variants", "at least one"]),
+    ({"variants": {"has space": {}}}, ["has space", "variant name"]),
+    ({"data": {"synthetic": {"snr_db": [30.0, 10.0]}}}, ["data.synthetic.snr_db", "low <= high"]),
+    ({"data": {"synthetic": {"accents": ["en-gb"]}}}, ["data.synthetic.accents", "en-us"]),
+    ({"data": {"speechcommands": {"sha256": "abc"}}}, ["data.speechcommands.sha256", "hex"]),
+    ({"train": {"min_lr": 0.1, "lr": 0.01}}, ["train.min_lr", "below"]),
+    ({"model": {"classifier": "resnet"}}, ["model.classifier", "compact_cnn"]),
+])
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(mapping, names):
+    with pytest.raises(LeaflabError) as err:
+        config_from_mapping(mapping)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("params.yaml:")
+    for name in names:
+        assert name in message, (name, message)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(LeaflabError, match="not found"):
+        load_config(tmp_path / "params.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(LeaflabError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(LeaflabError, match="mapping at the top level"):
+        load_config(bad)
+
+
+def test_a_stage_refuses_bad_params_with_one_line_and_exit_code_1(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["sample_rate"] = -1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "download.py")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: data.sample_rate = -1: expected an integer in [4000, 96000] Hz"]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing written before validation
