@@ -1,0 +1,44 @@
+"""Gaussian low-pass pooling (LEAF): per-filter window, constraint, and the exact strided pooling.
+
+Window over W taps, t = 0..W−1:  w_n(t) = exp(−½·((2t/(W−1) − 1)/ρ_n)²)   (not normalised; peak 1)
+i.e. a Gaussian of standard deviation ρ_n·(W−1)/2 samples, truncated to W taps.
+Constraint (functional): ρ ∈ [2/W, 0.5]. Init ρ = 0.4 (5 ms std at 25 ms windows).
+Pooling: P_n(j) = Σ_{u=−(W−1)/2}^{(W−1)/2} w_n(u + (W−1)/2)·E_n(c_j + u), E_n = 0 outside [0, T)
+(depthwise conv1d, padding (W−1)/2, stride = hop for an integer hop; frame centres c_j from framing.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def constrain_pooling_widths(widths: torch.Tensor, taps: int) -> torch.Tensor:
+    """ρ clamped to [2/W, 0.5] (functional)."""
+    return widths.clamp(2.0 / taps, 0.5)
+
+
+def gaussian_pooling_windows(widths: torch.Tensor, taps: int) -> torch.Tensor:
+    """w_n(t) = exp(−½((2t/(W−1) − 1)/ρ_n)²), t = 0..W−1. widths: [N] → [N, W]."""
+    t = torch.arange(taps, dtype=widths.dtype, device=widths.device)
+    return torch.exp(-0.5 * ((2.0 * t / (taps - 1) - 1.0) / widths[:, None]) ** 2)
+
+
+def pooling_std_samples(widths, taps: int):
+    """Standard deviation of the pooling Gaussian in samples: ρ·(W−1)/2."""
+    return widths * (taps - 1) / 2.0
+
+
+def gaussian_pool(energies: torch.Tensor, windows: torch.Tensor, centres: torch.Tensor,
+                  stride: int | None) -> torch.Tensor:
+    """P_n(j) = Σ_u w_n(u + (W−1)/2)·E_n(c_j + u) with zero padding outside the energies.
+
+    energies: [B, N, L]; windows: [N, W] (odd W); centres: [J] int64 indices into the L axis → [B, N, J].
+    stride: when the centres are exactly 0, s, 2s, … pass s (one strided depthwise conv), else None (stride-1
+    conv then gather).
+    """
+    n, taps = windows.shape
+    pad = taps // 2
+    padded = F.pad(energies, (pad, pad))
+    if stride is not None:
+        return F.conv1d(padded, windows[:, None], stride=stride, groups=n)[..., : centres.numel()]
+    return F.conv1d(padded, windows[:, None], groups=n)[..., centres]

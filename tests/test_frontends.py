@@ -1,0 +1,362 @@
+"""Frontends vs independent float64 references (numpy loops), constraints, gradients, geometry, framing."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from leaflab.errors import LeaflabError
+from leaflab.frontends import Frontend, FrontendConfig, PCENConfig, TBNConfig
+
+SR = 16000
+Z = math.sqrt(2 * math.log(2)) / math.pi
+
+
+def speech_like(n_samples=SR, sr=SR, f0_start=110.0, f0_end=190.0):
+    """Harmonic chirp with formant-like envelopes (peak 0.9)."""
+    t = np.arange(n_samples) / sr
+    f0 = f0_start + (f0_end - f0_start) * t / t[-1]
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = np.zeros(n_samples)
+    for h in range(1, int(sr / 2 / f0_end)):
+        f = h * f0
+        amp = np.exp(-((f - 700) / 300) ** 2) + 0.5 * np.exp(-((f - 1800) / 500) ** 2) \
+            + 0.25 * np.exp(-((f - 3000) / 700) ** 2) + 0.02
+        x += amp * np.cos(h * phase)
+    x *= 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2
+    return 0.9 * x / np.abs(x).max()
+
+
+def clips(n_samples=SR, sr=SR):
+    rng = np.random.default_rng(1)
+    return torch.tensor(np.stack([speech_like(n_samples, sr), 0.3 * rng.standard_normal(n_samples)]))
+
+
+def mel_points(n, lo, hi):
+    m = np.linspace(1127 * np.log(1 + lo / 700), 1127 * np.log(1 + hi / 700), n + 2)
+    return 700 * (np.exp(m / 1127) - 1)
+
+
+def numpy_gabor(eta, sigma, half):
+    t = np.arange(-half, half + 1)
+    return np.exp(-t**2 / (2 * sigma**2)) * np.exp(1j * eta * t) / (np.sqrt(2 * np.pi) * sigma)
+
+
+def numpy_pool(energy, rho, taps, centres):
+    """P(j) = Σ_u w(u)·E(c_j + u), E = 0 outside, w(t) = exp(−½((2t/(W−1) − 1)/ρ)²)."""
+    t = np.arange(taps)
+    w = np.exp(-0.5 * ((2 * t / (taps - 1) - 1) / rho) ** 2)
+    padded = np.pad(energy, taps // 2)
+    return np.array([w @ padded[c: c + taps] for c in centres])
+
+
+def numpy_leaf(x, eta, sigma, rho, taps, hop):
+    out = []
+    for e, s, r in zip(eta, sigma, rho):
+        h = numpy_gabor(e, s, taps // 2)
+        energy = np.abs(np.convolve(x, h)[taps // 2: taps // 2 + len(x)]) ** 2
+        out.append(numpy_pool(energy, r, taps, np.arange(0, len(x), hop)))
+    return np.array(out)
+
+
+# ---- Gabor filterbank ---------------------------------------------------------------------------------------------
+def test_mel_init_centres_and_widths():
+    fe = Frontend(FrontendConfig(filterbank="leaf"))
+    f = mel_points(40, 60, 7800)
+    np.testing.assert_allclose(fe.initial_center_frequencies_hz(), f[1:-1], rtol=1e-10)
+    np.testing.assert_allclose(fe.center_frequencies_hz(), f[1:-1], rtol=1e-6)
+    sigma = (SR / 2) / (f[2:] - f[:-2])
+    np.testing.assert_allclose(fe.filterbank.bandwidths.detach().numpy(), sigma, rtol=1e-6)
+    np.testing.assert_allclose(fe.bandwidths_hz(), SR * Z / sigma, rtol=1e-6)
+    np.testing.assert_allclose(fe.pooling_widths_ms(), 0.4 * 200 / SR * 1000, rtol=1e-6)
+
+
+def test_gabor_energies_match_numpy_convolution():
+    from leaflab.frontends.gabor import gabor_energies_exact
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(900)
+    eta, sigma = np.array([0.05, 1.0, 3.0]), np.array([80.0, 10.0, 2.0])
+    got = gabor_energies_exact(torch.tensor(x)[None], torch.tensor(eta), torch.tensor(sigma), 401)[0].numpy()
+    for n in range(3):
+        ref = np.abs(np.convolve(x, numpy_gabor(eta[n], sigma[n], 200))[200:1100]) ** 2
+        np.testing.assert_allclose(got[n], ref, rtol=1e-9, atol=1e-12 * ref.max())
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_leaf_filterbank_matches_numpy_definition(exact):
+    x = clips(4000)[0].numpy()
+    fe = Frontend(FrontendConfig(filterbank="leaf", n_filters=6), exact=exact).double()
+    eta, sigma, rho = (t.detach().numpy() for t in fe.filterbank.constrained())
+    ref = numpy_leaf(x, eta, sigma, rho, 401, 160)
+    got = fe.filterbank(torch.tensor(x)[None])[0].detach().numpy()
+    assert got.shape == ref.shape == (6, 25)
+    err = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
+    assert err.max() < (1e-9 if exact else 1e-5), err
+
+
+# ---- fast paths vs definitions --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("filterbank", ["leaf", "efficientleaf", "mel"])
+@pytest.mark.parametrize("compression", ["pcen", "tbn"])
+def test_fast_path_equals_definition_float64_and_float32(filterbank, compression):
+    x = clips()
+    fe = Frontend(FrontendConfig(filterbank=filterbank, compression=compression)).double()
+    with torch.no_grad():
+        fast = fe(x)
+        fe.exact = True
+        exact = fe(x)
+        fe.exact = False
+        fe32 = fe.float()
+        fast32 = fe32(x.float()).double()
+    scale = exact.abs().amax(dim=(1, 2, 3), keepdim=True)
+    assert torch.isfinite(fast).all() and torch.isfinite(fast32).all()
+    assert ((fast - exact).abs() / scale).max() < 1e-4
+    assert ((fast32 - exact).abs() / scale).max() < 1e-4
+
+
+def test_leaf_fast_energies_per_band_and_at_22khz():
+    for sr in (SR, 22050):
+        x = clips(sr, sr)
+        fe = Frontend(FrontendConfig(filterbank="leaf", sample_rate=sr)).double()
+        fast = fe.filterbank(x).detach()
+        fe.exact = True
+        exact = fe.filterbank(x).detach()
+        assert fast.shape[-1] == 100
+        per_band = ((fast - exact).abs().amax(-1) / exact.abs().amax(-1)).max()
+        assert per_band < 1e-4, (sr, float(per_band))
+
+
+# ---- EfficientLEAF --------------------------------------------------------------------------------------------------
+def test_efficientleaf_one_group_full_taps_stride_one_equals_leaf():
+    leaf = Frontend(FrontendConfig(filterbank="leaf"), exact=True).double()
+    sigma_max = float(leaf.filterbank.bandwidths.detach().max())
+    cfg = FrontendConfig(filterbank="efficientleaf", groups=1, window_factor=401.5 / sigma_max, stride_factor=1e-6)
+    eleaf = Frontend(cfg).double()
+    geo = eleaf.filterbank.geometry()
+    assert [(g.kernel_taps, g.conv_stride, g.pool_taps) for g in geo] == [(401, 1, 401)]
+    x = clips(6000)
+    a, b = leaf.filterbank(x).detach(), eleaf.filterbank(x).detach()
+    assert ((a - b).abs().max() / a.abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize("groups,wf,sf,taps,strides", [
+    (4, 4.75, 1.0, [401, 221, 123, 69], [10, 4, 2, 1]),
+    (8, 6.0, 16.0, [505, None, None, None, None, None, None, 65], [160, 160, 80, 40, 40, 32, 20, 16]),
+])
+def test_efficientleaf_group_geometry_at_init(groups, wf, sf, taps, strides):
+    fe = Frontend(FrontendConfig(groups=groups, window_factor=wf, stride_factor=sf))
+    geo = fe.filterbank.geometry()
+    assert [g.conv_stride for g in geo] == strides
+    assert all(t is None or g.kernel_taps == t for g, t in zip(geo, taps))
+    assert all(g.kernel_taps % 2 == 1 for g in geo)
+    # reference rule, recomputed here: K_g = int(max σ · wf) made odd; stride = largest divisor of 160 <= π/max η·sf
+    eta = fe.filterbank.center_freqs.detach().double().numpy()
+    sig = fe.filterbank.bandwidths.detach().double().numpy()
+    divisors = [d for d in range(1, 161) if 160 % d == 0]
+    for g in geo:
+        k = int(sig[g.start:g.stop].max() * wf)
+        assert g.kernel_taps == k + 1 - k % 2
+        limit = max(1, math.pi / eta[g.start:g.stop].max() * sf)
+        assert g.conv_stride == max(d for d in divisors if d <= limit)
+
+
+def test_efficientleaf_unnormalised_group_gain():
+    x = torch.tensor(0.3 * np.random.default_rng(3).standard_normal((4, SR)))
+    leaf = Frontend(FrontendConfig(filterbank="leaf")).double()
+    eleaf = Frontend(FrontendConfig()).double()
+    with torch.no_grad():
+        ratio = (leaf.filterbank(x).mean(dim=(0, 2)) / eleaf.filterbank(x).mean(dim=(0, 2))).numpy()
+    # LEAF / EfficientLEAF per group: the EfficientLEAF energy carries a gain of about 1/s_g
+    gains = [ratio[g * 10:(g + 1) * 10].mean() for g in range(4)]
+    np.testing.assert_allclose(gains, [10.2, 4.0, 2.0, 1.0], rtol=0.06)
+
+
+# ---- compressions ---------------------------------------------------------------------------------------------------
+def numpy_pcen(E, alpha, delta, r, s, floor=1e-5, eps=1e-12):
+    x = np.maximum(E, floor)
+    M = np.empty_like(x)
+    M[..., 0] = x[..., 0]
+    for t in range(1, x.shape[-1]):
+        M[..., t] = (1 - s[:, None].T[0]) * M[..., t - 1] + s * x[..., t]
+    a, d, rr = alpha[:, None], delta[:, None], r[:, None]
+    return (x / (eps + M) ** a + d) ** rr - d ** rr
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 100, 3000])
+def test_pcen_matches_loop_recurrence(n_frames):
+    from leaflab.frontends.pcen import PCEN
+    rng = np.random.default_rng(n_frames)
+    E = rng.random((2, 5, n_frames)) ** 3 * 10
+    pcen = PCEN(5, 0.96, 2.0, 2.0, 0.04, 1e-5, 1e-12).double()
+    with torch.no_grad():
+        pcen.smooth_coef.copy_(torch.tensor([0.0, 0.04, 0.3, 0.999, 1.0]))
+        pcen.alpha.copy_(torch.tensor([0.5, 0.96, 1.0, 0.2, 0.9]))
+    got = pcen(torch.tensor(E))[:, 0].detach().numpy()
+    p = {k: v.detach().numpy() for k, v in pcen.constrained().items()}
+    ref = numpy_pcen(E, p["alpha"], p["delta"], p["r"], p["s"])
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_tbn_matches_numpy():
+    rng = np.random.default_rng(4)
+    E = rng.random((3, 4, 10)) ** 2
+    fe = Frontend(FrontendConfig(filterbank="mel", compression="tbn", n_filters=4)).double()
+    tbn = fe.compression
+    with torch.no_grad():
+        tbn.log_gain.copy_(torch.tensor([5.0, 2.0, 0.0, -1.0]))
+    tbn.train()
+    got = tbn(torch.tensor(E)).detach().numpy()
+    L = np.log1p(10 ** tbn.log_gain.detach().numpy()[:, None] * E)
+    med = np.sort(L, axis=-1)[..., (10 - 1) // 2][..., None]    # lower middle value for even T
+    X = np.stack([L, L - med], axis=1)                          # [B, 2, N, T]
+    mean = X.mean(axis=(0, 3), keepdims=True)
+    var = X.var(axis=(0, 3), keepdims=True)
+    np.testing.assert_allclose(got, (X - mean) / np.sqrt(var + 1e-5), rtol=1e-9, atol=1e-9)
+    assert fe.out_channels == 2
+    assert Frontend(FrontendConfig(compression="tbn", tbn=TBNConfig(median_append=False))).out_channels == 1
+
+
+# ---- constraints (functional, at the boundary) ----------------------------------------------------------------------
+@pytest.mark.parametrize("filterbank,sigma_min", [("leaf", 4 * Z), ("efficientleaf", 2 * Z)])
+def test_filterbank_constraints_are_functional(filterbank, sigma_min):
+    fe = Frontend(FrontendConfig(filterbank=filterbank, n_filters=8, groups=2), exact=True).double()
+    fb = fe.filterbank
+    raw = {"center_freqs": [-0.5, 4.0], "bandwidths": [0.1, 1000.0], "pooling_widths": [1e-4, 0.9]}
+    clamped = {"center_freqs": [0.0, math.pi], "bandwidths": [sigma_min, 401 * Z],
+               "pooling_widths": [2 / 401, 0.5]}
+    x = clips(3000)
+    for name in raw:
+        with torch.no_grad():
+            getattr(fb, name)[[1, 6]] = torch.tensor(raw[name], dtype=torch.float64)
+    out_raw = fe(x).detach()
+    assert getattr(fb, name)[6].item() == raw[name][1]     # the raw parameter is untouched
+    for name in raw:
+        with torch.no_grad():
+            getattr(fb, name)[[1, 6]] = torch.tensor(clamped[name], dtype=torch.float64)
+    out_clamped = fe(x).detach()
+    torch.testing.assert_close(out_raw, out_clamped, rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(out_raw).all()
+
+
+def test_pcen_constraints_are_functional():
+    fe = Frontend(FrontendConfig(filterbank="mel", n_filters=4)).double()
+    p = fe.compression
+    x = clips(3000)
+    with torch.no_grad():
+        p.smooth_coef[:] = torch.tensor([-0.5, 1.5, 0.04, 0.04])
+        p.alpha[:] = torch.tensor([1.5, 0.9, 0.9, 0.9])
+        p.delta[:] = torch.tensor([2.0, -1.0, 2.0, 2.0])
+        p.root[:] = torch.tensor([2.0, 2.0, 0.5, 2.0])
+    out_raw = fe(x)
+    out_raw.sum().backward()
+    assert all(torch.isfinite(q.grad).all() for q in p.parameters())
+    c = fe.compression_parameters()
+    np.testing.assert_allclose(c["s"], [0, 1, 0.04, 0.04], rtol=1e-6)
+    np.testing.assert_allclose(c["alpha"][0], 1.0)
+    np.testing.assert_allclose(c["delta"][1], 0.0)
+    np.testing.assert_allclose(c["r"][2], 1.0)
+    with torch.no_grad():
+        p.smooth_coef[:] = torch.tensor([0.0, 1.0, 0.04, 0.04])
+        p.alpha[0], p.delta[1], p.root[2] = 1.0, 0.0, 1.0
+    torch.testing.assert_close(out_raw.detach(), fe(x).detach(), rtol=1e-12, atol=1e-12)
+
+
+# ---- gradients, silence, clipping -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("filterbank", ["leaf", "efficientleaf", "mel"])
+@pytest.mark.parametrize("compression", ["pcen", "tbn"])
+def test_gradients_reach_every_parameter_and_are_finite(filterbank, compression):
+    t = np.arange(SR) / SR
+    square = np.sign(np.sin(2 * np.pi * 440 * t))
+    square[square == 0] = 1
+    x = torch.tensor(np.stack([np.zeros(SR), square, -square, speech_like()]), dtype=torch.float32)
+    fe = Frontend(FrontendConfig(filterbank=filterbank, compression=compression))
+    y = fe(x)
+    assert torch.isfinite(y).all()
+    (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    for name, p in fe.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    fe.zero_grad()
+    y0 = fe(torch.zeros(2, SR))           # silence alone (TBN: constant batch)
+    assert torch.isfinite(y0).all()
+    y0.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in fe.parameters() if p.grad is not None)
+
+
+# ---- determinism, framing, API --------------------------------------------------------------------------------------
+def test_deterministic_init():
+    for fb in ("leaf", "efficientleaf", "mel"):
+        for comp in ("pcen", "tbn"):
+            cfg = FrontendConfig(filterbank=fb, compression=comp)
+            torch.manual_seed(0)
+            a = Frontend(cfg).state_dict()
+            torch.manual_seed(1)
+            b = Frontend(cfg).state_dict()
+            assert a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("filterbank", ["leaf", "efficientleaf", "mel"])
+def test_same_frames_at_every_sample_rate(filterbank):
+    for sr in (8000, 16000, 22050):
+        fe = Frontend(FrontendConfig(filterbank=filterbank, sample_rate=sr, max_freq=min(7800.0, sr / 2)))
+        y = fe(torch.tensor(speech_like(sr, sr)[None], dtype=torch.float32))
+        assert y.shape == (1, 1, 40, 100) == (1, fe.out_channels, 40, fe.num_frames(sr))
+        times = fe.frame_times_s(sr)
+        np.testing.assert_allclose(times, np.arange(100) / 100, atol=0.5 / sr)
+        f = mel_points(40, 60, min(7800.0, sr / 2))[1:-1]
+        np.testing.assert_allclose(fe.center_frequencies_hz(), f, rtol=1e-5)
+    fe = Frontend(FrontendConfig(filterbank=filterbank))
+    assert [fe.num_frames(n) for n in (1, 160, 161, 16000, 16001)] == [1, 1, 2, 100, 101]
+    assert fe(torch.zeros(2, 1, 16001)).shape[-1] == 101
+
+
+def test_inspection_api():
+    for fb in ("leaf", "efficientleaf", "mel"):
+        for comp in ("pcen", "tbn"):
+            fe = Frontend(FrontendConfig(filterbank=fb, compression=comp))
+            freqs, mag = fe.frequency_responses(512)
+            assert freqs.shape == (257,) and mag.shape == (40, 257) and np.isfinite(mag).all()
+            if fb != "mel":   # each Gabor filter peaks at its centre frequency
+                peak = freqs[mag.argmax(axis=1)]
+                assert np.abs(peak - fe.center_frequencies_hz()).max() <= SR / 512
+            for arr in (fe.bandwidths_hz(), fe.initial_bandwidths_hz(), fe.pooling_widths_ms(),
+                        fe.initial_center_frequencies_hz()):
+                assert arr.shape == (40,) and np.isfinite(arr).all()
+            summary = fe.parameter_summary()
+            assert summary["frontend/center_hz_mean_abs_change"] == 0.0
+            assert summary["frontend/bandwidth_mean_rel_change"] == 0.0
+            assert all(isinstance(v, float) for v in summary.values())
+            assert set(fe.compression_parameters()) == ({"alpha", "delta", "r", "s"} if comp == "pcen" else {"a"})
+            n_params = sum(p.numel() for p in fe.parameters())
+            assert n_params == sum(p.numel() for p in fe.filterbank_parameters() + fe.compression_parameters_list())
+
+
+@pytest.mark.parametrize("change", [
+    {"filterbank": "gammatone"}, {"compression": "log"}, {"n_filters": 0}, {"max_freq": 8001.0},
+    {"min_freq": 8000.0, "max_freq": 7000.0}, {"groups": 0}, {"groups": 41}, {"hop_ms": 0.0},
+    {"window_ms": -1.0}, {"pcen": PCENConfig(smooth_coef=1.5)}, {"pcen": PCENConfig(root=0.5)},
+    {"tbn": TBNConfig(momentum=2.0)}, {"sample_rate": 0},
+])
+def test_invalid_config_raises_project_error(change):
+    with pytest.raises(LeaflabError, match="frontend"):
+        Frontend(FrontendConfig(**change))
+
+
+def test_geometry_recomputed_when_parameters_change():
+    fe = Frontend(FrontendConfig(filterbank="leaf"))
+    x = torch.tensor(speech_like()[None], dtype=torch.float32)
+    fe(x)
+    plan = fe.filterbank._plan
+    fe(x)
+    assert fe.filterbank._plan is plan                       # cached: nothing recomputed
+    with torch.no_grad():
+        fe.filterbank.bandwidths.mul_(0.5)                   # an optimiser step changes σ in place
+    y = fe(x)
+    assert fe.filterbank._plan is not plan
+    fe.exact = True
+    torch.testing.assert_close(y, fe(x), rtol=0, atol=1e-4 * float(y.detach().abs().max()))
+    eleaf = Frontend(FrontendConfig())
+    geo = eleaf.filterbank.geometry()
+    with torch.no_grad():
+        eleaf.filterbank.center_freqs.mul_(0.5)
+    assert eleaf.filterbank.geometry() != geo
