@@ -197,7 +197,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class VisualizeConfig:
     n_examples: int = setting(16, lambda v: None if 1 <= v <= 64 else "an integer in [1, 64]")
-    colormap: str = setting("magma")
+    colormap: str = setting("magma", doc="a matplotlib colour map name (magma, viridis, inferno, …)")
+    dpi: int = setting(100, lambda v: None if 50 <= v <= 300 else "an integer in [50, 300]",
+                       "resolution of the PNG images")
 
 
 @dataclass(frozen=True)

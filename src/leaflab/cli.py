@@ -1,0 +1,210 @@
+"""The `leaflab` command: ui, compare, info, validate.
+
+Every command turns a LeaflabError into one line `error: …` on stderr and exit status 1 (no traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from leaflab.errors import LeaflabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="leaflab: compare learnable audio frontends (LEAF, EfficientLEAF; PCEN vs TBN).")
+PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="the params file to read")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line `error: …` on stderr; return the Exit to raise."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def reports_errors(command):
+    """LeaflabError → one line on stderr, exit 1."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LeaflabError as err:
+            raise fail(str(err)) from None
+    return wrapper
+
+
+def _console() -> Console:
+    # a wide console when not a terminal, so piped/captured tables are not squeezed into 80 columns
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+# ---- validate / info ---------------------------------------------------------------------------------------------
+@app.command()
+@reports_errors
+def validate(params: Path = PARAMS_OPTION) -> None:
+    """Load and check params.yaml; print OK or the first problem."""
+    from leaflab.config import load_config
+
+    cfg = load_config(params)
+    print(f"OK: {params} is valid ({len(cfg.variants)} variants: {', '.join(cfg.variants)})")
+
+
+@app.command()
+@reports_errors
+def info(params: Path = PARAMS_OPTION) -> None:
+    """Config summary, the variants, and where MLflow stores runs."""
+    from leaflab import tracking
+    from leaflab.config import load_config
+
+    cfg = load_config(params)
+    console = _console()
+    console.print(f"[bold]leaflab[/bold] config {params.resolve()}")
+    data = cfg.data
+    console.print(f"data: {data.source}, {data.sample_rate} Hz, {data.clip_seconds} s clips"
+                  + (f", {len(data.synthetic.words)} words, {data.synthetic.speakers} speakers"
+                     if data.source == "synthetic" else ""))
+    console.print(f"model: {cfg.model.classifier} {list(cfg.model.channels) if cfg.model.classifier == 'compact_cnn' else ''}"
+                  f"; train: {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
+                  f"seeds {list(cfg.train.seeds)}, {cfg.train.threads} threads")
+    table = Table(title="variants")
+    for column in ("variant", "filterbank", "compression", "filters", "overrides"):
+        table.add_column(column)
+    for name, overrides in cfg.variants.items():
+        fe = cfg.variant_frontend(name)
+        table.add_row(name, fe.filterbank, fe.compression, str(fe.n_filters),
+                      ", ".join(f"{k}={v}" for k, v in overrides.items() if k not in ("filterbank", "compression")))
+    console.print(table)
+    root = tracking.repo_root(params.resolve().parent)
+    uri = tracking.tracking_uri(root)
+    console.print(f"MLflow tracking URI: {uri}" + ("  (from MLFLOW_TRACKING_URI)" if os.environ.get(
+        "MLFLOW_TRACKING_URI", "").strip() else ""))
+    artifacts = tracking.default_artifact_location(root)
+    if artifacts:
+        console.print(f"MLflow artifacts: {artifacts}")
+    console.print(f"MLflow experiment: {cfg.tracking.experiment}   (browse: leaflab ui)")
+    for name in cfg.variants:
+        run_file = root / "runs" / name / "mlflow_run.json"
+        console.print(f"  {name}: {run_file.relative_to(root) if run_file.exists() else 'not trained yet'}")
+
+
+# ---- compare -----------------------------------------------------------------------------------------------------
+@app.command()
+@reports_errors
+def compare(all_runs: bool = typer.Option(False, "--all", help="every run, not only the latest FINISHED per "
+                                                                  "variant and seed (one row per run)"),
+            filter_string: str = typer.Option("", "--filter", "-f", help="MLflow search filter, e.g. "
+                                              "\"tags.dvc_exp_name = 'lr-3e-4'\" (one row per matching run)"),
+            experiment: Optional[str] = typer.Option(None, "--experiment", "-e",
+                                                     help="MLflow experiment (default: tracking.experiment)"),
+            params: Path = PARAMS_OPTION) -> None:
+    """The variants side by side, read from MLflow (so also runs from other machines or `dvc exp`)."""
+    from leaflab import comparison, tracking
+
+    if experiment is None:
+        from leaflab.config import load_config
+
+        experiment = load_config(params).tracking.experiment
+    uri = tracking.tracking_uri()
+    tracking.check_reachable(uri)
+    records = comparison.records_from_experiment(experiment, filter_string, all_runs,
+                                                 with_curves=not (all_runs or filter_string))
+    console = _console()
+    if not records:
+        raise LeaflabError(f"no runs with a `variant` tag in MLflow experiment '{experiment}' at {uri}"
+                           + (f" matching {filter_string!r}" if filter_string else
+                              " (FINISHED ones; --all shows every run)") + "; train first: dvc repro")
+    if all_runs or filter_string:
+        header, cells = comparison.run_table_cells(records)
+        title = f"{len(records)} runs of experiment '{experiment}'"
+    else:
+        rows, _ = comparison.summarise(records)
+        header, cells = comparison.table_cells(rows)
+        title = f"experiment '{experiment}': latest FINISHED run per variant and seed"
+    table = Table(title=title)
+    for i, column in enumerate(header):
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"[dim]store: {uri}[/dim]")
+
+
+# ---- ui ----------------------------------------------------------------------------------------------------------
+def mlflow_executable() -> str:
+    """The mlflow CLI of this environment (beside the running Python), else the one on PATH."""
+    beside = Path(sys.executable).with_name("mlflow")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mlflow")
+    if not found:
+        raise LeaflabError("the mlflow command is not installed in this environment; pip install mlflow "
+                           "(or make install)")
+    return found
+
+
+def run_until_stopped(command: list[str], **popen) -> int:
+    """Run a server in the foreground until it exits; Ctrl+C (which the server receives too) and SIGTERM let it
+    shut down cleanly (its workers included) instead of killing it."""
+    process = subprocess.Popen(command, **popen)
+    previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.terminate()
+                return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@app.command()
+@reports_errors
+def ui(port: int = typer.Option(5000, help="port to listen on"),
+       host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0: every interface)"),
+       params: Path = PARAMS_OPTION) -> None:
+    """Start the MLflow UI over the project's store (runs, metrics, images); Ctrl+C stops it."""
+    from leaflab import tracking
+
+    root = tracking.repo_root(params.resolve().parent if params.exists() else None)
+    uri = tracking.tracking_uri(root)
+    if uri.startswith(("http://", "https://")):
+        raise LeaflabError(f"MLFLOW_TRACKING_URI={uri} is already a server: open it in the browser "
+                           "(or unset MLFLOW_TRACKING_URI to browse the local store)")
+    command = tracking.ui_command(host, port, root=root, backend_uri=uri, mlflow_executable=mlflow_executable())
+    experiment_hint = ""
+    try:
+        from leaflab.config import load_config
+
+        experiment_id = tracking.find_experiment_id(load_config(params).tracking.experiment)
+        if experiment_id:
+            experiment_hint = f"#/experiments/{experiment_id}/runs"
+    except Exception:  # noqa: BLE001 - only a hint in the printed URL; the server reports real problems
+        pass
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"MLflow UI on http://{shown}:{port}/{experiment_hint}  (store {uri}; Ctrl+C stops it)", flush=True)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    code = run_until_stopped(command, cwd=root, env=env)
+    if code not in (0, -2, -15, 130, 143):
+        raise LeaflabError(f"mlflow server exited with status {code}; is port {port} already in use? "
+                           "try leaflab ui --port 5001")
+
+
+def main() -> None:  # pragma: no cover - `python -m leaflab.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,148 @@
+"""The `leaflab` command: validate, info, compare (from a temporary MLflow store), ui's command line, and the
+error path (one line on stderr, exit 1) of the CLI and of the stage scripts."""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from leaflab import tracking
+from leaflab.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = {"variants": {"pcen": {"filterbank": "efficientleaf", "compression": "pcen"},
+                       "tbn": {"filterbank": "mel", "compression": "tbn"}},
+          "tracking": {"experiment": "kws"}}
+
+
+@pytest.fixture(scope="module")
+def empty_store_db(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, empty_store_db):
+    """cwd = a project folder with params.yaml (experiment 'kws') and an MLflow store holding it."""
+    shutil.copy(empty_store_db, tmp_path / "mlflow.db")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.client().create_experiment("kws", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    return tmp_path
+
+
+def log_run(variant: str, seed: int, accuracy: float, status: str = "FINISHED", **tags) -> str:
+    run = tracking.start_run("kws", variant, {"variant": variant, "seed": str(seed), **tags})
+    run.log_metrics({"val_accuracy": accuracy - 0.05, "val_loss": 1.0}, step=0)
+    run.log_metrics({"test_accuracy": accuracy, "infer_clips_per_s_model": 1234.0, "params_total": 98765.0}, step=1)
+    run.finish(status)
+    time.sleep(0.01)
+    return run.run_id
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_validate_ok_and_error(project):
+    result = invoke("validate")
+    assert result.exit_code == 0 and result.stdout.startswith("OK: params.yaml is valid (2 variants: pcen, tbn)")
+    (project / "bad.yaml").write_text("train: {epochs: 0}\n")
+    result = invoke("validate", "--params", "bad.yaml")
+    assert result.exit_code == 1
+    assert result.stderr == "error: bad.yaml: train.epochs = 0: expected a number > 0\n"
+
+
+def test_errors_are_one_line_without_traceback_in_a_real_process(tmp_path):
+    (tmp_path / "params.yaml").write_text("variants: {pcen: {compression: pcem}}\n")
+    result = subprocess.run([sys.executable, "-m", "leaflab.cli", "validate"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: params.yaml: variants.pcen")
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_info_names_variants_and_the_store(project):
+    result = invoke("info")
+    assert result.exit_code == 0, result.output
+    assert "efficientleaf" in result.stdout and "mel" in result.stdout
+    assert f"sqlite:///{project / 'mlflow.db'}" in result.stdout and "kws" in result.stdout
+
+
+def test_compare_prints_both_variants_with_their_accuracies(project):
+    log_run("pcen", 0, 0.61)                       # superseded by the next pcen seed-0 run
+    log_run("pcen", 0, 0.75)
+    log_run("pcen", 1, 0.77)
+    log_run("tbn", 0, 0.8125)
+    log_run("tbn", 0, 0.99, status="FAILED")      # not FINISHED: left out by default
+    result = invoke("compare")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    pcen = next(line for line in lines if "│ pcen" in line)
+    tbn = next(line for line in lines if "│ tbn" in line)
+    assert "0.760 ± 0.127" in pcen  # mean of 0.75, 0.77; t(0.975, 1) = 12.706 · 0.01414 / √2
+    assert " 2 " in pcen and "1234" in pcen and "98,765" in pcen
+    assert "0.812" in tbn and "0.990" not in result.stdout and "0.610" not in result.stdout
+
+    every = invoke("compare", "--all")
+    assert every.exit_code == 0 and sum(line.startswith("│ pcen ") for line in every.stdout.splitlines()) == 3 and "FAILED" in every.stdout
+    filtered = invoke("compare", "--filter", "metrics.test_accuracy > 0.8")
+    assert filtered.exit_code == 0
+    assert "0.812" in filtered.stdout and "0.990" in filtered.stdout and "│ pcen " not in filtered.stdout
+
+
+def test_compare_errors(project):
+    result = invoke("compare")
+    assert result.exit_code == 1 and result.stderr.startswith("error: no runs with a `variant` tag")
+    assert result.stderr.count("\n") == 1
+    result = invoke("compare", "--filter", "what is this")
+    assert result.exit_code == 1 and "filter" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_ui_command_serves_the_store_and_its_file_artifacts(tmp_path):
+    command = tracking.ui_command("127.0.0.1", 5123, root=tmp_path, backend_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                                  mlflow_executable="/x/mlflow")
+    assert command[:2] == ["/x/mlflow", "server"]
+    options = dict(zip(command[2::2], command[3::2]))
+    assert options["--backend-store-uri"] == f"sqlite:///{tmp_path}/mlflow.db"
+    assert options["--host"] == "127.0.0.1" and options["--port"] == "5123"
+    assert options["--default-artifact-root"] == (tmp_path / "mlartifacts").as_uri()
+    assert "--serve-artifacts" in command
+
+
+def test_ui_refuses_a_remote_tracking_uri(project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example.invalid:5000")
+    result = invoke("ui")
+    assert result.exit_code == 1 and result.stderr.startswith("error: MLFLOW_TRACKING_URI=http://")
+
+
+def load_stage(name: str):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("stage", ["visualize", "evaluate"])
+def test_stage_scripts_fail_with_one_line(tmp_path, monkeypatch, capsys, stage):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    module = load_stage(stage)
+    assert module.main(["leaf"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("error: params.yaml: variant 'leaf' is not in `variants` (defined: pcen, tbn)")
+    assert module.main(["pcen"]) == 1
+    assert capsys.readouterr().err == \
+        "error: runs/pcen/mlflow_run.json: not found; train the variant first (dvc repro train@pcen)\n"
