@@ -176,6 +176,15 @@ class Run:
         """An image (HxWx3 uint8 array or PIL image) under `key` at `step`: the MLflow UI shows a step slider."""
         self.client.log_image(self.run_id, image, key=key, step=step)
 
+    def logged_image_steps(self, key: str) -> set[int]:
+        """Steps already stored for an image series logged with log_image_step(…, key) (resume logs only the
+        missing ones). MLflow names them images/<key with / as ~>+step+<n>+timestamp+… (older: % separators)."""
+        import re
+
+        prefix = re.escape(key.replace("/", "~"))
+        pattern = re.compile(rf"^images/{prefix}[+%]step[+%](\d+)[+%]timestamp[+%]")
+        return {int(m.group(1)) for path in self.list_artifacts("images") if (m := pattern.match(path))}
+
     def list_artifacts(self, path: str | None = None) -> list[str]:
         return [a.path for a in self.client.list_artifacts(self.run_id, path)]
 
@@ -250,3 +259,69 @@ def figure_png_bytes(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=figure.dpi)
     return buffer.getvalue()
+
+
+# ---- analysis side: plain-data views of runs (comparison, CLI) and the UI command --------------------------------
+def find_experiment_id(name: str) -> str | None:
+    """The id of a live experiment `name`, or None (never creates one)."""
+    found = client().get_experiment_by_name(name)
+    return None if found is None or found.lifecycle_stage == "deleted" else found.experiment_id
+
+
+def _run_record(run) -> dict[str, Any]:
+    info, data = run.info, run.data
+    return {"run_id": info.run_id, "run_name": info.run_name, "experiment_id": info.experiment_id,
+            "status": info.status, "start_time": info.start_time or 0, "end_time": info.end_time,
+            "artifact_uri": info.artifact_uri, "tags": dict(data.tags), "metrics": dict(data.metrics),
+            "params": dict(data.params)}
+
+
+def run_records(experiment: str, filter_string: str = "") -> list[dict[str, Any]]:
+    """The live runs of `experiment` as plain dicts (run_id, run_name, status, start_time, tags, metrics, params,
+    artifact_uri), newest first. A bad filter string is a LeaflabError naming it."""
+    try:
+        return [_run_record(r) for r in search_runs(experiment, filter_string)]
+    except mlflow.exceptions.MlflowException as err:
+        raise LeaflabError(f"MLflow search of experiment '{experiment}' with filter {filter_string!r} failed: "
+                           f"{err.message.splitlines()[0] if err.message else err}; see the MLflow search syntax, "
+                           "e.g. \"params.train.lr = '0.001'\" or \"tags.variant = 'pcen'\"") from None
+
+
+def run_record(run_id: str) -> dict[str, Any]:
+    """One run as a plain dict (see run_records); LeaflabError when it is not in the store."""
+    uri = tracking_uri()
+    check_reachable(uri)
+    try:
+        return _run_record(client(uri).get_run(run_id))
+    except mlflow.exceptions.MlflowException as err:
+        raise LeaflabError(f"MLflow run {run_id} not found in {uri} ({err.error_code}); rerun the train stage "
+                           "or point MLFLOW_TRACKING_URI at the store that has it") from None
+
+
+def metric_histories(run_id: str, keys: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
+    """{key: [(step, value), …] sorted by step} for each key (an empty list for a metric never logged)."""
+    c = client()
+    return {key: sorted((m.step, m.value) for m in c.get_metric_history(run_id, key)) for key in keys}
+
+
+def ui_command(host: str = "127.0.0.1", port: int = 5000, root: Path | None = None,
+               backend_uri: str | None = None, mlflow_executable: str | None = None,
+               workers: int = 1) -> list[str]:
+    """The `mlflow server` command line that serves the project's store in the browser.
+
+    Runs of the local store have file:// artifact URIs (<repo>/mlartifacts/…): the server reads those itself and
+    sends them to the browser through its artifact endpoints, so images show in the UI. --default-artifact-root
+    only matters for experiments the UI itself creates (it keeps them in the same folder); --serve-artifacts
+    proxies mlflow-artifacts:/ URIs (runs logged through a server) from --artifacts-destination.
+    """
+    import sys
+
+    root = root or repo_root()
+    backend = backend_uri or tracking_uri(root)
+    executable = mlflow_executable or str(Path(sys.executable).with_name("mlflow"))
+    command = [executable, "server", "--backend-store-uri", backend, "--host", host, "--port", str(port),
+               "--workers", str(workers)]
+    if backend.startswith("sqlite:") or backend.startswith("file:"):
+        artifacts = root.joinpath("mlartifacts").as_uri()
+        command += ["--default-artifact-root", artifacts, "--serve-artifacts", "--artifacts-destination", artifacts]
+    return command

@@ -1,0 +1,60 @@
+"""tracking.py pieces the training stage relies on: fail-fast reachability, image steps, resume bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from leaflab import tracking
+from leaflab.errors import LeaflabError
+from test_training_support import free_port
+
+
+@pytest.fixture
+def local_store(tmp_path, monkeypatch):
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_check_reachable_names_the_uri_of_a_server_that_is_down():
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(LeaflabError, match=uri.replace(".", r"\.") + r" is unreachable"):
+        tracking.check_reachable(uri, timeout_s=2)
+
+
+def test_check_reachable_accepts_local_stores():
+    tracking.check_reachable("sqlite:///nowhere/mlflow.db")
+    tracking.check_reachable("file:///tmp/mlruns")
+
+
+def test_start_run_fails_fast_when_the_server_is_down(monkeypatch):
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(LeaflabError, match="unreachable"):
+        tracking.start_run("x", "x", {})
+
+
+def test_local_store_lives_at_the_root(local_store):
+    assert tracking.tracking_uri() == f"sqlite:///{local_store.resolve() / 'mlflow.db'}"
+
+
+def test_image_steps_and_metric_steps_are_read_back(local_store):
+    run = tracking.start_run("tests", "r", tracking.run_tags("r", 0, "h"))
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    for step in (0, 3):
+        run.log_image_step(image, key="frontend", step=step)
+    run.log_image_step(image, key="frontend2", step=1)
+    assert run.logged_image_steps("frontend") == {0, 3}
+    run.log_metrics({"m": 1.0, "n": 2.0}, step=0)
+    run.log_metrics({"m": 1.5}, step=1)
+    assert run.logged_steps("m") == {0, 1} and run.logged_steps("n") == {0}
+    assert run.metric_history("m") == [(0, 1.0), (1, 1.5)]
+    run.log_params({"a": 1})
+    run.log_params({"a": 1, "b": [1, 2]})  # params are write-once: re-logging on resume is a no-op
+    assert tracking.open_run(run.run_id).client.get_run(run.run_id).data.params == {"a": "1", "b": "[1, 2]"}
+    run.finish()
+    assert run.status() == "FINISHED"
+    with pytest.raises(LeaflabError, match="not found"):
+        tracking.open_run("0" * 32)
