@@ -75,6 +75,16 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(mapping, names):
         assert name in message, (name, message)
 
 
+def test_params_are_read_as_yaml_1_2_like_dvc_writes_them(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel (YAML 1.2): unquoted yes/no/on/off and 3e-4."""
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  synthetic:\n    words: [yes, no, on, off, up]\ntrain:\n  lr: 3e-4\n"
+                      "  min_lr: 1e-6\n")
+    cfg = load_config(params)
+    assert cfg.data.synthetic.words == ("yes", "no", "on", "off", "up")
+    assert cfg.train.lr == pytest.approx(3e-4) and cfg.train.min_lr == pytest.approx(1e-6)
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(LeaflabError, match="not found"):
         load_config(tmp_path / "params.yaml")

@@ -413,13 +413,36 @@ def config_from_mapping(mapping: dict | None, source_path: str = "params.yaml") 
     return cfg
 
 
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 scalars, as DVC reads and writes params.yaml (ruamel.yaml):
+    only true/false are booleans (so the words yes/no/on/off stay words after `dvc exp run -S` rewrites the file
+    unquoted) and 1e-3 is a number."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool",
+                                                                     "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def read_params_yaml(text: str):
+    """Parse params.yaml text with YAML 1.2 scalars (see Yaml12Loader)."""
+    return yaml.load(text, Loader=Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_config(path: str | Path = "params.yaml") -> Config:
     """Read and validate params.yaml (before any work)."""
     path = Path(path)
     if not path.is_file():
         raise LeaflabError(f"{path}: not found; run from the repository root (where params.yaml lives)")
     try:
-        mapping = yaml.safe_load(path.read_text())
+        mapping = read_params_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise LeaflabError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
     return config_from_mapping(mapping, str(path))
