@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from leaflab import comparison, plots, tracking
+from leaflab import comparison, plots, stage, tracking
 from leaflab.config import load_config
 from leaflab.errors import LeaflabError
 
@@ -27,12 +27,7 @@ TEST_KEYS = {"accuracy": "test_accuracy", "macro_f1": "test_macro_f1", "loss": "
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run_stage()
-    except LeaflabError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    return 0
+    return stage.run(run_stage)
 
 
 def read_summary(variant: str) -> dict:

@@ -6,8 +6,8 @@ Reads params.yaml: data.source, data.workers, data.synthetic.* or data.speechcom
 import sys
 from pathlib import Path
 
+from leaflab import stage
 from leaflab.config import load_config
-from leaflab.errors import LeaflabError
 
 RAW_ROOT = Path("data/raw")
 
@@ -35,8 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LeaflabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(stage.run(main))

@@ -15,14 +15,13 @@ params_{frontend,classifier,total} and evaluate/confusion_matrix.png into each s
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from leaflab import evaluation, plots, tracking
+from leaflab import evaluation, plots, stage, tracking
 from leaflab.comparison import read_run_file
 from leaflab.config import load_config
 from leaflab.data import dataset as data
@@ -34,15 +33,7 @@ REPORTS = Path("reports")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="a key of params.yaml `variants`")
-    args = parser.parse_args(argv)
-    try:
-        run_stage(args.variant)
-    except LeaflabError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    return 0
+    return stage.run_for_variant(__doc__.splitlines()[0], run_stage, argv)
 
 
 def run_stage(variant: str) -> None:

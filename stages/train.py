@@ -16,15 +16,14 @@ Checkpoints (resume after a kill) live outside the outputs, in checkpoints/V/see
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import sys
 from pathlib import Path
 
+from leaflab import stage
 from leaflab.config import load_config
-from leaflab.errors import LeaflabError
 
 PREPARED = Path("data/prepared")
 RUNS = Path("runs")
@@ -32,15 +31,7 @@ REPORTS = Path("reports")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="a key of params.yaml `variants`")
-    args = parser.parse_args(argv)
-    try:
-        run_stage(args.variant)
-    except LeaflabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return stage.run_for_variant(__doc__.splitlines()[0], run_stage, argv)
 
 
 def run_stage(variant: str) -> None:

@@ -16,7 +16,6 @@ The clips are the same for every variant: leaflab.data.dataset.fixed_example_ind
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import sys
@@ -25,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leaflab import evaluation, plots, tracking
+from leaflab import evaluation, plots, stage, tracking
 from leaflab.comparison import read_run_file
 from leaflab.config import load_config
 from leaflab.data import dataset as data
-from leaflab.errors import LeaflabError
 
 PREPARED = Path("data/prepared")
 RUNS = Path("runs")
@@ -38,15 +36,7 @@ RESPONSE_FFT = 2048
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="a key of params.yaml `variants`")
-    args = parser.parse_args(argv)
-    try:
-        run_stage(args.variant)
-    except LeaflabError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    return 0
+    return stage.run_for_variant(__doc__.splitlines()[0], run_stage, argv)
 
 
 def run_stage(variant: str) -> None:

@@ -1,0 +1,26 @@
+"""What every stage script shares: run its work, turn a LeaflabError into one `error: …` line and exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from leaflab.errors import LeaflabError
+
+
+def run(work: Callable[..., object], *args) -> int:
+    """Call work(*args); 0 on success, 1 after printing a LeaflabError as one line on stderr (no traceback)."""
+    try:
+        work(*args)
+    except LeaflabError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_for_variant(description: str, work: Callable[[str], object], argv: list[str] | None = None) -> int:
+    """A per-variant stage (`python stages/<name>.py <variant>`): parse the variant argument, then run(work)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("variant", help="a key of params.yaml `variants`")
+    return run(work, parser.parse_args(argv).variant)
