@@ -212,6 +212,18 @@ def frontend_example_figure(waveform: np.ndarray, sample_rate: int, output: np.n
 
 
 # ---- the learned filterbank ---------------------------------------------------------------------------------
+def _learned_vs_initial(ax, index, initial, learned, initial_label: str, ylabel: str, title: str) -> None:
+    """One panel: a per-filter quantity, learned (red) over its initial value (grey), log scale."""
+    ax.plot(index, initial, "o-", color="0.6", markersize=3, label=initial_label)
+    ax.plot(index, learned, "o-", color="tab:red", markersize=3, label="learned")
+    ax.set_xlabel("filter")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def filterbank_figure(center_hz: np.ndarray, initial_center_hz: np.ndarray, bandwidth_hz: np.ndarray,
                       initial_bandwidth_hz: np.ndarray, response_freqs_hz: np.ndarray,
                       response_magnitude: np.ndarray, pooling_widths_ms: np.ndarray | None, title: str = "",
@@ -222,25 +234,10 @@ def filterbank_figure(center_hz: np.ndarray, initial_center_hz: np.ndarray, band
     axes = figure.subplots(2, 2)
     index = np.arange(1, len(center_hz) + 1)
 
-    ax = axes[0, 0]
-    ax.plot(index, initial_center_hz, "o-", color="0.6", markersize=3, label="mel initialisation")
-    ax.plot(index, center_hz, "o-", color="tab:red", markersize=3, label="learned")
-    ax.set_xlabel("filter")
-    ax.set_ylabel("centre frequency (Hz)")
-    ax.set_yscale("log")
-    ax.set_title("centre frequencies")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-
-    ax = axes[0, 1]
-    ax.plot(index, initial_bandwidth_hz, "o-", color="0.6", markersize=3, label="initialisation")
-    ax.plot(index, bandwidth_hz, "o-", color="tab:red", markersize=3, label="learned")
-    ax.set_xlabel("filter")
-    ax.set_ylabel("bandwidth (Hz)")
-    ax.set_yscale("log")
-    ax.set_title("bandwidths")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _learned_vs_initial(axes[0, 0], index, initial_center_hz, center_hz, "mel initialisation",
+                        "centre frequency (Hz)", "centre frequencies")
+    _learned_vs_initial(axes[0, 1], index, initial_bandwidth_hz, bandwidth_hz, "initialisation", "bandwidth (Hz)",
+                        "bandwidths")
 
     ax = axes[1, 0]
     magnitude = np.asarray(response_magnitude, dtype=np.float64)
