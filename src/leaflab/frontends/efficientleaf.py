@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .framing import FrameGrid
-from .gabor import constrain_centers, constrain_sigmas, gabor_impulse_responses, mel_init, strided_conv1d
-from .pooling import constrain_pooling_widths, gaussian_pool, gaussian_pooling_windows
+from .gabor import gabor_impulse_responses, strided_conv1d
+from .pooling import GaborPoolingParameters, gaussian_pool, gaussian_pooling_windows
 
 
 @dataclass(frozen=True)
@@ -64,31 +63,19 @@ def group_geometry(centers: np.ndarray, sigmas: np.ndarray, groups: int, window_
     return out
 
 
-class EfficientLeafFilterbank(nn.Module):
+class EfficientLeafFilterbank(GaborPoolingParameters):
     """EfficientLEAF filterbank (learnable η, σ, ρ per filter). x [B, T] → pooled energies [B, N, J]."""
 
     sigma_min_factor = 2.0
 
     def __init__(self, n_filters: int, min_freq: float, max_freq: float, grid: FrameGrid, pooling_init: float,
                  groups: int, window_factor: float, stride_factor: float):
-        super().__init__()
-        self.grid = grid
-        self.n_filters = n_filters
+        super().__init__(n_filters, min_freq, max_freq, grid, pooling_init)
         self.groups = groups
         self.window_factor = window_factor
         self.stride_factor = stride_factor
-        centers, sigmas = mel_init(n_filters, min_freq, max_freq, grid.sample_rate)
-        self.center_freqs = nn.Parameter(torch.tensor(centers, dtype=torch.float32))
-        self.bandwidths = nn.Parameter(torch.tensor(sigmas, dtype=torch.float32))
-        self.pooling_widths = nn.Parameter(torch.full((n_filters,), float(pooling_init)))
         self._geometry_key = None
         self._geometry: list[GroupGeometry] = []
-
-    def constrained(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(η ∈ [0, π], σ ∈ [2z, Kz], ρ ∈ [2/K, 0.5]) as used by forward."""
-        taps = self.grid.taps
-        return (constrain_centers(self.center_freqs), constrain_sigmas(self.bandwidths, taps, self.sigma_min_factor),
-                constrain_pooling_widths(self.pooling_widths, taps))
 
     def geometry(self) -> list[GroupGeometry]:
         """Cached group geometry; recomputed (one host sync) only when η or σ changed."""

@@ -10,7 +10,7 @@ The frontend knows nothing about files, DVC or MLflow. Inspection helpers return
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from leaflab.errors import LeaflabError
 
 from .efficientleaf import EfficientLeafFilterbank
 from .framing import FrameGrid
-from .gabor import FWHM_Z, gabor_impulse_responses, mel_init, sigma_to_fwhm_hz
+from .gabor import gabor_impulse_responses, mel_init, sigma_to_fwhm_hz
 from .leaf import LeafFilterbank
 from .mel import MelFilterbank, mel_triangles
 from .pcen import PCEN

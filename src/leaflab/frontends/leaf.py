@@ -27,13 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .framing import FrameGrid
-from .gabor import (constrain_centers, constrain_sigmas, gabor_energies_exact, gabor_impulse_responses, mel_init,
-                    strided_conv1d)
-from .pooling import constrain_pooling_widths, gaussian_pool, gaussian_pooling_windows
+from .gabor import gabor_energies_exact, gabor_impulse_responses, strided_conv1d
+from .pooling import GaborPoolingParameters, gaussian_pool, gaussian_pooling_windows
 
 SUPPORT_SIGMAS = 5.0          # half support of a Gabor kernel in σ
 ALIAS_SIGMA_BAND = 7.5        # energy band edge ω_p = 7.5/σ (spectrum < e^{-14} beyond)
@@ -147,7 +145,7 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
     return out
 
 
-class LeafFilterbank(nn.Module):
+class LeafFilterbank(GaborPoolingParameters):
     """LEAF filterbank (learnable η, σ, ρ per filter). x [B, T] → pooled energies [B, N, J].
 
     Parameters (raw, constrained in forward): center_freqs η [N] rad/sample, bandwidths σ [N] samples,
@@ -157,22 +155,10 @@ class LeafFilterbank(nn.Module):
     sigma_min_factor = 4.0
 
     def __init__(self, n_filters: int, min_freq: float, max_freq: float, grid: FrameGrid, pooling_init: float):
-        super().__init__()
-        self.grid = grid
-        self.n_filters = n_filters
-        centers, sigmas = mel_init(n_filters, min_freq, max_freq, grid.sample_rate)
-        self.center_freqs = nn.Parameter(torch.tensor(centers, dtype=torch.float32))
-        self.bandwidths = nn.Parameter(torch.tensor(sigmas, dtype=torch.float32))
-        self.pooling_widths = nn.Parameter(torch.full((n_filters,), float(pooling_init)))
+        super().__init__(n_filters, min_freq, max_freq, grid, pooling_init)
         self.exact = False
         self._plan_key = None
         self._plan: list[StrideGroup] = []
-
-    def constrained(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(η ∈ [0, π], σ ∈ [4z, Kz], ρ ∈ [2/W, 0.5]) as used by forward."""
-        taps = self.grid.taps
-        return (constrain_centers(self.center_freqs), constrain_sigmas(self.bandwidths, taps, self.sigma_min_factor),
-                constrain_pooling_widths(self.pooling_widths, taps))
 
     def stride_groups(self, sigmas: torch.Tensor) -> list[StrideGroup]:
         """The cached plan; recomputed (one host sync) only when σ, its dtype or device changed."""

@@ -9,7 +9,10 @@ Pooling: P_n(j) = Σ_{u=−(W−1)/2}^{(W−1)/2} w_n(u + (W−1)/2)·E_n(c_j + 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+from .gabor import constrain_centers, constrain_sigmas, mel_init
 
 
 def constrain_pooling_widths(widths: torch.Tensor, taps: int) -> torch.Tensor:
@@ -42,3 +45,28 @@ def gaussian_pool(energies: torch.Tensor, windows: torch.Tensor, centres: torch.
     if stride is not None:
         return F.conv1d(padded, windows[:, None], stride=stride, groups=n)[..., : centres.numel()]
     return F.conv1d(padded, windows[:, None], groups=n)[..., centres]
+
+
+class GaborPoolingParameters(nn.Module):
+    """The learnable parameters of a Gabor filterbank with Gaussian pooling, initialised from the mel scale.
+
+    center_freqs η [N] (rad/sample), bandwidths σ [N] (samples), pooling_widths ρ [N]; `constrained()` gives the
+    values forward uses: η ∈ [0, π], σ ∈ [sigma_min_factor·z, K·z], ρ ∈ [2/K, 0.5] (K = the window's taps).
+    """
+
+    sigma_min_factor = 4.0
+
+    def __init__(self, n_filters: int, min_freq: float, max_freq: float, grid, pooling_init: float):
+        super().__init__()
+        self.grid = grid
+        self.n_filters = n_filters
+        centers, sigmas = mel_init(n_filters, min_freq, max_freq, grid.sample_rate)
+        self.center_freqs = nn.Parameter(torch.tensor(centers, dtype=torch.float32))
+        self.bandwidths = nn.Parameter(torch.tensor(sigmas, dtype=torch.float32))
+        self.pooling_widths = nn.Parameter(torch.full((n_filters,), float(pooling_init)))
+
+    def constrained(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(η, σ, ρ) with the constraints applied functionally, as used by forward."""
+        taps = self.grid.taps
+        return (constrain_centers(self.center_freqs), constrain_sigmas(self.bandwidths, taps, self.sigma_min_factor),
+                constrain_pooling_widths(self.pooling_widths, taps))
