@@ -7,10 +7,15 @@ import sys
 from typing import Callable
 
 from leaflab.errors import LeaflabError
+from leaflab.runtime import retain_freed_memory
 
 
 def run(work: Callable[..., object], *args) -> int:
-    """Call work(*args); 0 on success, 1 after printing a LeaflabError as one line on stderr (no traceback)."""
+    """Call work(*args); 0 on success, 1 after printing a LeaflabError as one line on stderr (no traceback).
+
+    Applies leaflab's CPU runtime setting first (leaflab.runtime: large tensors reuse freed memory).
+    """
+    retain_freed_memory()
     try:
         work(*args)
     except LeaflabError as err:

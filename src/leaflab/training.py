@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from leaflab import checkpoints, distributed, tracking
-from leaflab.config import Config, as_dict, flatten
+from leaflab.config import Config, flatten
 from leaflab.data import dataset as data
 from leaflab.errors import LeaflabError
 from leaflab.models import KeywordSpotter, build_model, frontend_config_to_dict

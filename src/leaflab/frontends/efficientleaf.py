@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .framing import FrameGrid
-from .gabor import gabor_impulse_responses, strided_conv1d
+from .gabor import complex_energy, gabor_impulse_responses, strided_conv1d
 from .pooling import GaborPoolingParameters, gaussian_pool, gaussian_pooling_windows
 
 
@@ -98,8 +98,7 @@ class EfficientLeafFilterbank(GaborPoolingParameters):
             kernels = gabor_impulse_responses(centers[geo.start:geo.stop], sigmas[geo.start:geo.stop], k_g // 2)
             n_coarse = (n_samples - 1) // s + 1
             z = strided_conv1d(F.pad(x, (k_g // 2, k_g // 2)), kernels, s, n_coarse)
-            n = geo.stop - geo.start
-            energy = z[:, :n] ** 2 + z[:, n:] ** 2
+            energy = complex_energy(z)
             group_widths = widths[geo.start:geo.stop] / s * self.grid.taps / w_g
             windows = gaussian_pooling_windows(group_widths, w_g)
             if self.grid.period_frames == 1:

@@ -9,6 +9,7 @@ Constraints (functional, applied in forward): η ∈ [0, π]; σ ∈ [σ_min·z,
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -61,21 +62,66 @@ def gabor_impulse_responses(centers: torch.Tensor, sigmas: torch.Tensor, half_le
 def strided_conv1d(x_padded: torch.Tensor, kernels: torch.Tensor, stride: int, n_out: int) -> torch.Tensor:
     """out[b, c, m] = Σ_k x_padded[b, m·stride + k]·kernels[c, k], m = 0..n_out−1 (no padding added here).
 
-    x_padded: [B, L] with L >= (n_out − 1)·stride + K; kernels: [C, K] → [B, C, n_out].
-    Implemented as a polyphase stride-1 convolution with `stride` input channels (measured 2–8× faster than
-    conv1d(stride=s) on CPU, and it keeps the work proportional to n_out).
+    x_padded: [B, L] with L >= (n_out − 1)·stride + K; kernels: [C, K] → [B, C, n_out] (a channels-last view).
+    Blocked form: the signal is cut into rows of Q = P·stride samples (P output phases per row) and read as a
+    channels-last [B, Q, 1, rows] image without a copy; one stride-1 conv2d with Q input channels and P·C output
+    channels (kernel taps regrouped by phase, zeros where a phase runs past the kernel) gives P consecutive
+    outputs per row, already in [B, m, C] memory order. Measured on 2 CPU cores: 1.3–1.9× faster than the
+    channels-first polyphase conv (and 2–8× faster than conv1d(stride=s)); P = 2 for strides ≤ 10, else 1.
     """
     channels, taps = kernels.shape
-    if stride == 1:
-        return F.conv1d(x_padded[:, None, : n_out + taps - 1], kernels[:, None])
-    taps_per_phase = -(-taps // stride)
-    length = (n_out + taps_per_phase - 1) * stride
+    phases = 2 if stride <= 10 else 1
+    block = phases * stride
+    n_rows = -(-n_out // phases)
+    row_taps = -(-(taps + (phases - 1) * stride) // block)
+    length = (n_rows + row_taps - 1) * block
     if x_padded.shape[-1] < length:
         x_padded = F.pad(x_padded, (0, length - x_padded.shape[-1]))
-    phases = x_padded[:, :length].reshape(x_padded.shape[0], -1, stride).transpose(1, 2)
-    kernel_phases = F.pad(kernels, (0, taps_per_phase * stride - taps))
-    kernel_phases = kernel_phases.reshape(channels, taps_per_phase, stride).transpose(1, 2)
-    return F.conv1d(phases, kernel_phases)
+    batch = x_padded.shape[0]
+    image = x_padded[:, :length].reshape(batch, -1, block).transpose(1, 2).unsqueeze(2)  # [B, Q, 1, rows]
+    index = _blocked_kernel_index(taps, stride, phases, x_padded.device)                 # [P, Q, row_taps]
+    weight = F.pad(kernels, (0, 1))[:, index]                                            # [C, P, Q, row_taps]
+    weight = weight.transpose(0, 1).reshape(phases * channels, block, 1, row_taps)
+    out = F.conv2d(image, weight)                                                        # [B, P·C, 1, rows]
+    out = out.squeeze(2).transpose(1, 2).reshape(batch, n_rows * phases, channels)       # [B, m, C]
+    return out[:, :n_out].transpose(1, 2)
+
+
+@functools.lru_cache(maxsize=64)
+def _blocked_kernel_index(taps: int, stride: int, phases: int, device: torch.device) -> torch.Tensor:
+    """index[p, q, j] = j·Q + q − p·stride into a kernel of `taps` taps, or `taps` (a zero) outside it."""
+    block = phases * stride
+    row_taps = -(-(taps + (phases - 1) * stride) // block)
+    index = (torch.arange(row_taps)[None, None, :] * block + torch.arange(block)[None, :, None]
+             - (torch.arange(phases) * stride)[:, None, None])
+    index = torch.where((index >= 0) & (index < taps), index, torch.full_like(index, taps))
+    return index.to(device)
+
+
+class _ComplexEnergy(torch.autograd.Function):
+    """|re|² + |im|² of parts [..., 2, n] → [..., n]; one output pass forward, one gradient pass backward."""
+
+    @staticmethod
+    def forward(ctx, parts: torch.Tensor) -> torch.Tensor:
+        real, imag = parts[..., 0, :], parts[..., 1, :]
+        energy = real * real
+        energy.addcmul_(imag, imag)
+        ctx.save_for_backward(parts)
+        return energy
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (parts,) = ctx.saved_tensors
+        return parts * (2 * grad).unsqueeze(-2)
+
+
+def complex_energy(z: torch.Tensor) -> torch.Tensor:
+    """|z|² from stacked parts: z [B, 2n, M] (rows 0..n−1 real, n..2n−1 imaginary) → [B, n, M].
+
+    Computed in the [B, M, 2, n] order strided_conv1d produces, so neither direction copies or zero-fills.
+    """
+    n = z.shape[1] // 2
+    return _ComplexEnergy.apply(z.transpose(1, 2).unflatten(-1, (2, n))).transpose(1, 2)
 
 
 def gabor_energies_exact(x: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor, taps: int) -> torch.Tensor:

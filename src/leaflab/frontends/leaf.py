@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from .framing import FrameGrid
-from .gabor import gabor_energies_exact, gabor_impulse_responses, strided_conv1d
-from .pooling import GaborPoolingParameters, gaussian_pool, gaussian_pooling_windows
+from .gabor import complex_energy, gabor_energies_exact, gabor_impulse_responses, strided_conv1d
+from .pooling import GaborPoolingParameters, depthwise_conv1d, gaussian_pool, gaussian_pooling_windows
 
 SUPPORT_SIGMAS = 5.0          # half support of a Gabor kernel in σ
 ALIAS_SIGMA_BAND = 7.5        # energy band edge ω_p = 7.5/σ (spectrum < e^{-14} beyond)
@@ -114,7 +114,7 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
     pad_left = R + L
     pad_right = max(0, (n_coarse - 1) * s + 2 * L + 1 - pad_left - n_samples)
     z = strided_conv1d(F.pad(x, (pad_left, pad_right)), kernels, s, n_coarse)
-    energy = z[:, :n] ** 2 + z[:, n:] ** 2
+    energy = complex_energy(z)
     # Pool each phase of frames with its own sampled kernel, one strided depthwise conv per phase.
     out = energy.new_empty(batch, n, n_frames)
     for p in range(min(periods, n_frames)):
@@ -122,7 +122,7 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
         q_p, o_p = divmod(c_p, s)
         start = s - o_p  # index of offset −R − o_p in v
         kernel_p = v[:, start: start + (n_kernel - 1) * s + 1: s]
-        pooled = F.conv1d(energy[..., q_p:], kernel_p[:, None], stride=a // s, groups=n)
+        pooled = depthwise_conv1d(energy[..., q_p:], kernel_p, a // s)
         out[..., p::periods] = pooled[..., : len(range(p, n_frames, periods))]
     # Edge frames: the definition pools E·1[0,T); remove the band-limited E outside the clip.
     reach = min(L, taps // 2)
@@ -134,7 +134,7 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
         seg_right = x_ext[:, n_samples + L: n_samples + 2 * L + reach + L]  # t = T … T + reach − 1
         z_out = torch.cat([strided_conv1d(seg_left, kernels, 1, reach),
                            strided_conv1d(seg_right, kernels, 1, reach)], dim=-1)
-        e_out = z_out[:, :n] ** 2 + z_out[:, n:] ** 2                # [B, n, 2·reach]
+        e_out = complex_energy(z_out)               # [B, n, 2·reach]
         t_out = np.concatenate([np.arange(-reach, 0), np.arange(n_samples, n_samples + reach)])
         offset = t_out[None, :] - centres[edge_frames][:, None] + taps // 2   # [J_e, 2·reach] window index
         inside = (offset >= 0) & (offset < taps)
