@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ from leaflab import distributed, training
 from leaflab.config import load_config
 from leaflab.data import dataset as data
 from leaflab.models import build_model, count_parameters
+from leaflab.runtime import retain_freed_memory
 
 
 def synthetic_prepared(folder: Path, n_clips: int, clip_samples: int, n_classes: int) -> Path:
@@ -43,6 +43,7 @@ def bench_variant(cfg, variant: str, prepared: Path, steps: int, num_workers: in
     tc = cfg.train
     torch.set_num_threads(tc.threads)
     torch.set_flush_denormal(True)  # as training does
+    retain_freed_memory()  # as the stage scripts do
     torch.manual_seed(0)
     crop_samples = int(round(tc.crop_seconds * cfg.data.sample_rate))
     ctx = distributed.Context()

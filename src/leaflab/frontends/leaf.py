@@ -67,6 +67,19 @@ def interpolation_lowpass(stride: int, passband: float, dtype, device) -> torch.
     return (sinc * torch.exp(-(tau * t / 2) ** 2)).to(dtype=dtype, device=device)
 
 
+def interpolation_matrix(interpolator: torch.Tensor, taps: int) -> torch.Tensor:
+    """G [K, K + 2R] with G[u, t] = g[t − u] (0 outside g's 2R + 1 taps), so that w @ G = w ∗ g (full length).
+
+    A small dense product: on the CPU, conv1d with g's up to ~1000 taps on these short windows measured
+    10–50× slower than this matrix product.
+    """
+    radius = interpolator.numel() // 2
+    lag = (torch.arange(taps + 2 * radius, device=interpolator.device)[None, :]
+           - torch.arange(taps, device=interpolator.device)[:, None])
+    inside = (lag >= 0) & (lag <= 2 * radius)
+    return torch.where(inside, interpolator[lag.clamp(0, 2 * radius)], 0.0)
+
+
 def plan_stride_groups(sigmas: np.ndarray, grid: FrameGrid, dtype, device) -> list[StrideGroup]:
     """Choose per-filter stride and support from σ (see module docstring) and group equal strides."""
     taps = grid.taps
@@ -103,7 +116,7 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
     # v = w ∗ g on offsets −(K−1)/2 − R_g … ; pad so that offsets −R−s … R+s exist (R a multiple of s).
     g = group.interpolator
     r_g = g.numel() // 2
-    v = F.conv1d(windows[:, None], g.flip(0)[None, None], padding=2 * r_g)[:, 0] if r_g else windows
+    v = windows @ interpolation_matrix(g, taps) if r_g else windows
     r_v = taps // 2 + r_g
     R = -(-r_v // s) * s
     v = F.pad(v, (R + s - r_v, R + s - r_v))          # index i ↔ offset i − (R + s)
@@ -161,9 +174,13 @@ class LeafFilterbank(GaborPoolingParameters):
         self._plan: list[StrideGroup] = []
 
     def stride_groups(self, sigmas: torch.Tensor) -> list[StrideGroup]:
-        """The cached plan; recomputed (one host sync) only when σ, its dtype or device changed."""
+        """The cached plan; recomputed (one host sync) only when σ, its dtype or device changed.
+
+        Plans made under torch.inference_mode hold inference tensors that autograd refuses, so they are keyed
+        apart from the ones made for training.
+        """
         p = self.bandwidths
-        key = (p.data_ptr(), p._version, sigmas.dtype, sigmas.device)
+        key = (p.data_ptr(), p._version, sigmas.dtype, sigmas.device, torch.is_inference_mode_enabled())
         if key != self._plan_key:
             self._plan = plan_stride_groups(sigmas.detach().double().cpu().numpy(), self.grid, sigmas.dtype,
                                             sigmas.device)

@@ -1,0 +1,142 @@
+"""The fast building blocks of the frontends against plain float64 references: blocked strided convolution,
+channels-last depthwise pooling, fused complex energy, the blocked PCEN smoother and its adjoint, the
+interpolation matrix, and the glibc allocator setting."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leaflab.frontends.gabor import complex_energy, strided_conv1d
+from leaflab.frontends.leaf import interpolation_matrix
+from leaflab.frontends.pcen import pcen_smoother, pcen_smoother_loop
+from leaflab.frontends.pooling import depthwise_conv1d
+
+
+@pytest.mark.parametrize("taps,stride,n_out", [(69, 1, 500), (123, 2, 301), (221, 4, 77), (401, 10, 160),
+                                               (401, 1, 333), (65, 16, 40), (505, 160, 11), (3, 1, 1)])
+def test_strided_conv1d_matches_direct_sum(taps, stride, n_out):
+    # covers 1, 2 and 8 output phases per row and a length that is not a multiple of the row
+    rng = np.random.default_rng(taps + stride)
+    x = rng.standard_normal((2, (n_out - 1) * stride + taps + 5))
+    h = rng.standard_normal((3, taps))
+    ref = np.array([[[x[b, m * stride: m * stride + taps] @ h[c] for m in range(n_out)] for c in range(3)]
+                    for b in range(2)])
+    got = strided_conv1d(torch.tensor(x), torch.tensor(h), stride, n_out)
+    assert got.shape == (2, 3, n_out)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_strided_conv1d_kernel_gradient_matches_reference():
+    x = torch.randn(2, 700, dtype=torch.float64)
+    h = torch.randn(4, 101, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 4, 60, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((strided_conv1d(x, h, 10, 60) * weights).sum(), h)
+    h_ref = h.detach().clone().requires_grad_()
+    ref = F.conv1d(x[:, None], h_ref[:, None], stride=10)[..., :60]
+    (grad_ref,) = torch.autograd.grad((ref * weights).sum(), h_ref)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (1, 7), (16, 7), (160, 200)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_depthwise_conv1d_matches_numpy(stride, padding, layout):
+    rng = np.random.default_rng(stride + padding)
+    n, length, taps = 3, 1000, 2 * padding + 1 if padding else 15
+    signals = rng.standard_normal((2, n, length))
+    kernels = rng.standard_normal((n, taps))
+    padded = np.pad(signals, ((0, 0), (0, 0), (padding, padding)))
+    n_out = (length + 2 * padding - taps) // stride + 1
+    ref = np.array([[[padded[b, c, j * stride: j * stride + taps] @ kernels[c] for j in range(n_out)]
+                     for c in range(n)] for b in range(2)])
+    t = torch.tensor(signals)
+    if layout == "channels_last":
+        t = t.transpose(1, 2).contiguous().transpose(1, 2)
+    got = depthwise_conv1d(t, torch.tensor(kernels), stride, padding)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_complex_energy_value_and_gradient():
+    z = torch.randn(2, 6, 9, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(complex_energy(z), z[:, :3] ** 2 + z[:, 3:] ** 2)
+    assert torch.autograd.gradcheck(complex_energy, (z,))
+    z_last = torch.randn(2, 9, 6, dtype=torch.float64).transpose(1, 2).requires_grad_()
+    assert torch.autograd.gradcheck(complex_energy, (z_last,))
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 3, 100, 101, 3000])
+def test_pcen_smoother_value_and_gradients_equal_the_loop(n_frames):
+    rng = np.random.default_rng(n_frames)
+    x = torch.tensor(rng.random((2, 5, n_frames)) ** 3 * 10, requires_grad=True)
+    s = torch.tensor([0.0, 0.04, 0.3, 0.999, 1.0], dtype=torch.float64, requires_grad=True)
+    weights = torch.tensor(rng.standard_normal((2, 5, n_frames)))
+    fast = pcen_smoother(x, s)
+    loop = pcen_smoother_loop(x, s)
+    torch.testing.assert_close(fast, loop, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad((fast * weights).sum(), (x, s))
+    grads_loop = torch.autograd.grad((loop * weights).sum(), (x, s), allow_unused=True)
+    torch.testing.assert_close(grads[0], grads_loop[0], rtol=1e-9, atol=1e-9)
+    expected_s = grads_loop[1] if grads_loop[1] is not None else torch.zeros_like(s)  # T = 1: s unused
+    torch.testing.assert_close(grads[1], expected_s, rtol=1e-9, atol=1e-9)
+
+
+def test_pcen_smoother_gradcheck_and_float32():
+    x = torch.rand(2, 3, 11, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(pcen_smoother, (x, s))
+    x32 = torch.rand(4, 40, 100)
+    s32 = torch.full((40,), 0.04)
+    ref = pcen_smoother_loop(x32.double(), s32.double())
+    assert (pcen_smoother(x32, s32).double() - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_interpolation_matrix_is_full_convolution():
+    g = torch.randn(21, dtype=torch.float64)
+    w = torch.randn(3, 40, dtype=torch.float64)
+    ref = F.conv1d(w[:, None], g.flip(0)[None, None], padding=20)[:, 0]
+    torch.testing.assert_close(w @ interpolation_matrix(g, 40), ref)
+
+
+def test_retain_freed_memory_keeps_large_blocks_off_mmap():
+    # in a child process: the setting is process-wide. mallinfo2().hblks counts blocks served by mmap.
+    script = """
+import ctypes, json, platform
+from leaflab.runtime import retain_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+def mmapped_blocks_for_64mib():
+    already = libc.mallinfo2().hblks
+    p = libc.malloc(64 << 20)
+    n = libc.mallinfo2().hblks - already
+    libc.free(ctypes.c_void_p(p))
+    return n
+before = mmapped_blocks_for_64mib()
+applied = retain_freed_memory()
+print(json.dumps({"before": before, "applied": applied, "again": retain_freed_memory(),
+                  "after": mmapped_blocks_for_64mib()}))
+"""
+    import platform
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    out = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert out == {"before": 1, "applied": True, "again": True, "after": 0}
+
+
+@pytest.mark.parametrize("filterbank", ["leaf", "efficientleaf"])
+def test_training_works_after_inference_mode(filterbank):
+    # evaluation runs under torch.inference_mode; nothing it caches may break a later backward pass
+    from leaflab.frontends import Frontend, FrontendConfig
+    fe = Frontend(FrontendConfig(filterbank=filterbank, n_filters=8))
+    x = 0.1 * torch.randn(2, 4000)
+    with torch.inference_mode():
+        fe(x)
+    fe(x).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fe.filterbank.parameters())
