@@ -140,3 +140,31 @@ def test_training_works_after_inference_mode(filterbank):
         fe(x)
     fe(x).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fe.filterbank.parameters())
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 100, 300])
+def test_fused_pcen_gradients_equal_the_reference(n_frames):
+    # the hand-written backward of PCEN vs plain autograd through the frame-loop definition, every input
+    from leaflab.frontends.pcen import PCEN
+    torch.manual_seed(n_frames)
+    pcen = PCEN(5, 0.96, 2.0, 2.0, 0.04, 1e-5, 1e-12).double()
+    with torch.no_grad():
+        pcen.smooth_coef.copy_(torch.tensor([0.0, 0.04, 0.3, 0.999, 1.0]))
+        pcen.alpha.copy_(torch.tensor([0.5, 0.96, 1.0, 0.2, 0.9]))
+        pcen.delta.copy_(torch.tensor([2.0, 0.0, 0.5, 2.0, 1.0]))
+        pcen.root.copy_(torch.tensor([2.0, 1.0, 3.0, 1.5, 2.0]))
+    energies = torch.rand(3, 5, n_frames, dtype=torch.float64) ** 3 * 10
+    energies[0, 0, : n_frames // 2] = 0.0                          # below the floor: no gradient there
+    energies.requires_grad_()
+    weights = torch.randn(3, 1, 5, n_frames, dtype=torch.float64)
+    results = []
+    for exact in (False, True):
+        pcen.exact = exact
+        out = pcen(energies)
+        grads = torch.autograd.grad((out * weights).sum(), [energies, *pcen.parameters()], allow_unused=True)
+        results.append((out, [torch.zeros(5, dtype=torch.float64) if g is None else g for g in grads]))
+    (fast, fast_grads), (ref, ref_grads) = results
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    assert (fast_grads[0][0, 0, : n_frames // 2] == 0).all()

@@ -168,7 +168,7 @@ def train(cfg: Config, variant: str, seed: int, *, prepared_dir: str | Path = "d
             loop["stop_reason"] = f"reached train.epochs = {tc.epochs}"
         if ctx.is_main:
             say(f"{variant} seed {seed}: stopped after {len(history)} epochs ({loop['stop_reason']}); "
-                f"best validation loss at epoch {loop['best_epoch']}")
+                f"best validation loss at epoch {loop['best_epoch'] + 1}/{tc.epochs}")
             with tracking.temporary_artifact_dir() as tmp:
                 for source, name in ((ckpt_dir / "best.pt", "best.pt"), (ckpt_dir / "last.pt", "final.pt")):
                     if source.is_file():

@@ -12,7 +12,8 @@ K_g may exceed K (e.g. 505 for G = 8, window_factor 6).
 
 The group geometry depends on the values of η and σ (host-side integers). It is cached and recomputed only when
 η or σ change (keyed on the parameters' version counters): no host synchronisation per forward otherwise.
-Convolutions use the polyphase form of gabor.strided_conv1d (the same numbers as conv1d(stride=s_g)).
+Convolutions use the blocked channels-last form of gabor.strided_conv1d (the same numbers as conv1d(stride=s_g)),
+the energy the fused gabor.complex_energy, the pooling the channels-last pooling.depthwise_conv1d.
 Non-integer hops (22.05 kHz): strides divide the hop period a (h = a/P), and frame j is read at the coarse
 sample nearest its centre, ⌊c_j/s_g + 1/2⌋ (identical to the reference framing for an integer hop).
 """

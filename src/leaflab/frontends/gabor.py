@@ -71,6 +71,8 @@ def strided_conv1d(x_padded: torch.Tensor, kernels: torch.Tensor, stride: int, n
     leaves ≥ ~20 taps per row (measured best from K = 65 to 505, strides 1 to 160).
     """
     channels, taps = kernels.shape
+    if stride == 1 and taps >= FFT_MIN_TAPS:
+        return fft_correlate(x_padded, kernels, n_out)
     phases = 1
     while phases < 8 and taps >= 40 * phases * stride:
         phases *= 2
@@ -88,6 +90,43 @@ def strided_conv1d(x_padded: torch.Tensor, kernels: torch.Tensor, stride: int, n
     out = F.conv2d(image, weight)                                                        # [B, P·C, 1, rows]
     out = out.squeeze(2).transpose(1, 2).reshape(batch, n_rows * phases, channels)       # [B, m, C]
     return out[:, :n_out].transpose(1, 2)
+
+
+FFT_MIN_TAPS = 201  # stride-1 kernels this long go through fft_correlate (measured faster from ~200 taps)
+
+
+def fast_fft_size(n: int) -> int:
+    """The smallest multiple of 16 ≥ n whose other prime factors are 3, 5 and 7 (fast pocketfft/MKL sizes)."""
+    best = None
+    power7 = 1
+    while power7 < 2 * n:
+        power5 = power7
+        while power5 < 2 * n:
+            power3 = power5
+            while power3 < 2 * n:
+                size = 16 * power3
+                while size < n:
+                    size *= 2
+                best = size if best is None else min(best, size)
+                power3 *= 3
+            power5 *= 5
+        power7 *= 7
+    return best
+
+
+def fft_correlate(x_padded: torch.Tensor, kernels: torch.Tensor, n_out: int) -> torch.Tensor:
+    """out[b, c, m] = Σ_k x_padded[b, m + k]·kernels[c, k], m = 0..n_out−1, by real FFTs → [B, C, n_out].
+
+    One transform of the signal, one per kernel, one inverse per (clip, kernel), of a length ≥ n_out + K − 1,
+    so the circular correlation never wraps. For the 401-tap stride-1 LEAF filters it measured 2–4× faster than
+    the direct convolution forward and backward on 2 CPU cores; float32 rounding stays ~1e−6 of the output scale.
+    """
+    taps = kernels.shape[1]
+    length = n_out + taps - 1
+    size = fast_fft_size(length)
+    spectrum = torch.fft.rfft(x_padded[:, :length], n=size)
+    responses = torch.fft.rfft(kernels, n=size)
+    return torch.fft.irfft(spectrum[:, None] * responses.conj(), n=size)[..., :n_out]
 
 
 def _blocked_kernel_index(taps: int, stride: int, phases: int, device: torch.device) -> torch.Tensor:

@@ -14,7 +14,8 @@ number within a stated error bound by doing less work:
 3. Zero padding of the energies at the clip edges (the definition pools E·1[0,T)) is restored by subtracting the
    few samples of the band-limited E that lie outside the clip (≤ L_n on each side) for the edge frames.
 4. Filters truncated by the K taps (edge amplitude e^{−(K−1)²/(8σ²)} > 1e−4, the lowest ~11 at init) are not
-   band-limited by σ (the truncation leaks); they keep stride 1 (exact). Their cost is the remaining limit.
+   band-limited by σ (the truncation leaks); they keep stride 1 and all K taps (exact), evaluated by real FFTs
+   (gabor.fft_correlate). They remain the largest single cost.
 Filters with the same stride are computed together. The geometry (supports, strides, interpolation kernels)
 depends on σ only; it is cached and recomputed when σ changes (keyed on the parameter's version counter), so an
 unchanged frontend does no host synchronisation per forward.
