@@ -49,13 +49,19 @@ def linear_recurrence(inputs: torch.Tensor, decay: torch.Tensor, initial: torch.
     block_lags = block[None, :] - block[:, None]
     across = torch.where(block_lags >= 0, q ** (size * block_lags.clamp(min=0)).to(inputs.dtype), 0.0)
     blocks = F.pad(inputs, (0, n_blocks * size - n_frames)).reshape(n_bands, n_rows * n_blocks, size)
-    partial = torch.bmm(blocks, within).view(n_bands, n_rows, n_blocks, size)   # from a zero state per block
+    # Products written as (Dᵀ·Uᵀ)ᵀ: MKL ran these skinny batched GEMMs 5× faster with the long side as columns.
+    partial = _bmm_transposed(blocks, within).reshape(n_bands, n_rows, n_blocks, size)  # zero state per block
     entry_decay = q ** (size * (block + 1)).to(inputs.dtype)                   # [N, 1, nb]: q^{b(j+1)}
-    ends = torch.bmm(partial[..., -1].contiguous(), across) + initial[..., None] * entry_decay
+    ends = _bmm_transposed(partial[..., -1], across) + initial[..., None] * entry_decay
     entering = torch.cat([initial[..., None], ends[..., :-1]], dim=-1)        # state before each block
     step_decay = q ** (lag + 1).to(inputs.dtype)                               # [N, 1, b]: q^{i+1}
-    partial += entering[..., None] * step_decay[:, :, None, :]
-    return partial.view(n_bands, n_rows, -1)[..., :n_frames]
+    partial.addcmul_(entering[..., None], step_decay[:, :, None, :])
+    return partial.reshape(n_bands, n_rows, -1)[..., :n_frames]
+
+
+def _bmm_transposed(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left @ right for [N, R, k] @ [N, k, c], computed as (rightᵀ @ leftᵀ)ᵀ (a view)."""
+    return torch.bmm(right.transpose(1, 2), left.transpose(1, 2)).transpose(1, 2)
 
 
 class _Smoother(torch.autograd.Function):
