@@ -96,22 +96,16 @@ FFT_MIN_TAPS = 201  # stride-1 kernels this long go through fft_correlate (measu
 
 
 def fast_fft_size(n: int) -> int:
-    """The smallest multiple of 16 ≥ n whose other prime factors are 3, 5 and 7 (fast pocketfft/MKL sizes)."""
-    best = None
-    power7 = 1
-    while power7 < 2 * n:
-        power5 = power7
-        while power5 < 2 * n:
-            power3 = power5
-            while power3 < 2 * n:
-                size = 16 * power3
-                while size < n:
-                    size *= 2
-                best = size if best is None else min(best, size)
-                power3 *= 3
-            power5 *= 5
-        power7 *= 7
-    return best
+    """The smallest multiple of 16 ≥ n whose other prime factors are 2, 3, 5 and 7 (fast pocketfft/MKL sizes)."""
+    size = -(-max(n, 1) // 16) * 16
+    while True:
+        rest = size // 16
+        for prime in (2, 3, 5, 7):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return size
+        size += 16
 
 
 def fft_correlate(x_padded: torch.Tensor, kernels: torch.Tensor, n_out: int) -> torch.Tensor:

@@ -64,6 +64,24 @@ def _bmm_transposed(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return torch.bmm(right.transpose(1, 2), left.transpose(1, 2)).transpose(1, 2)
 
 
+def _smooth_per_band(x: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+    """M for x [N, B, T] (per-band layout), s [N]: the recurrence with M_{−1} = x_0."""
+    return linear_recurrence(smooth[:, None, None] * x, 1 - smooth, x[..., 0])
+
+
+def _smoother_adjoint(grad: torch.Tensor, x: torch.Tensor, smoothed: torch.Tensor,
+                      smooth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂x, ∂s) of the smoother for ∂M = grad, all [N, B, T]: λ_t = G_t + q·λ_{t+1} run backwards in time,
+    ∂x_t = s·λ_t (∂x_0 = λ_0), ∂s = Σ_t λ_t·(x_t − M_{t−1})."""
+    reversed_grad = grad.flip(-1)
+    adjoint = linear_recurrence(reversed_grad, 1 - smooth, torch.zeros_like(reversed_grad[..., 0])).flip(-1)
+    grad_x = adjoint * smooth[:, None, None]
+    grad_x[..., 0] = adjoint[..., 0]
+    previous = torch.cat([x[..., :1], smoothed[..., :-1]], dim=-1)            # M_{t−1}, M_{−1} = x_0
+    grad_smooth = (adjoint * (x - previous)).sum(dim=(1, 2))
+    return grad_x, grad_smooth
+
+
 class _Smoother(torch.autograd.Function):
     """M = smoother(x, s) for x [B, N, T], s [N]; forward and adjoint by linear_recurrence."""
 
@@ -71,24 +89,15 @@ class _Smoother(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
         per_band = x.detach().transpose(0, 1).contiguous()                      # [N, B, T]
         s = smooth.detach()
-        smoothed = linear_recurrence(s[:, None, None] * per_band, 1 - s, per_band[..., 0])
+        smoothed = _smooth_per_band(per_band, s)
         ctx.save_for_backward(per_band, s, smoothed)
         return smoothed.transpose(0, 1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         per_band, s, smoothed = ctx.saved_tensors
-        reversed_grad = grad.transpose(0, 1).flip(-1).contiguous()
-        adjoint = linear_recurrence(reversed_grad, 1 - s, torch.zeros_like(reversed_grad[..., 0])).flip(-1)
-        grad_x = grad_s = None
-        if ctx.needs_input_grad[0]:
-            grad_x = adjoint * s[:, None, None]
-            grad_x[..., 0] = adjoint[..., 0]
-            grad_x = grad_x.transpose(0, 1)
-        if ctx.needs_input_grad[1]:
-            previous = torch.cat([per_band[..., :1], smoothed[..., :-1]], dim=-1)  # M_{t−1}, M_{−1} = x_0
-            grad_s = (adjoint * (per_band - previous)).sum(dim=(1, 2))
-        return grad_x, grad_s
+        grad_x, grad_s = _smoother_adjoint(grad.transpose(0, 1), per_band, smoothed, s)
+        return grad_x.transpose(0, 1), grad_s
 
 
 def pcen_smoother(x: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
@@ -125,8 +134,8 @@ class _PCENFused(torch.autograd.Function):
         per_band = energies.detach().transpose(0, 1).contiguous()                 # [N, B, T]
         inside = per_band >= floor                                                # clamp's gradient mask
         x = per_band.clamp_(min=floor)
-        a, d, rr, s = (v.detach()[:, None, None] for v in (alpha, delta, r, smooth))
-        smoothed = linear_recurrence(s * x, 1 - s[:, 0, 0], x[..., 0])
+        a, d, rr = (v.detach()[:, None, None] for v in (alpha, delta, r))
+        smoothed = _smooth_per_band(x, smooth.detach())
         log_level = torch.log1p(smoothed / eps).add_(math.log(eps))               # ln(ε + M), stably
         gain = torch.exp(-a * log_level)
         u = torch.addcmul(d, x, gain)
@@ -139,7 +148,7 @@ class _PCENFused(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         inside, x, smoothed, log_level, gain, u, log_u, out, alpha, r, smooth = ctx.saved_tensors
-        a, rr, s = (v[:, None, None] for v in (alpha, r, smooth))
+        a, rr = (v[:, None, None] for v in (alpha, r))
         grad_out = grad.transpose(0, 1) * out                                     # ∂/∂(r·ln u)
         grad_r = (grad_out * log_u).sum(dim=(1, 2))
         grad_u = grad_out.mul_(rr).div_(u)                                        # r·u^r / u
@@ -147,12 +156,8 @@ class _PCENFused(torch.autograd.Function):
         grad_gain_scaled = grad_u * x * gain                                      # ∂/∂(−α·ln(ε+M)) · (−1)
         grad_alpha = -(grad_gain_scaled * log_level).sum(dim=(1, 2))
         grad_smoothed = grad_gain_scaled.mul_(-a).div_(smoothed + ctx.eps)
-        reversed_grad = grad_smoothed.flip(-1)
-        adjoint = linear_recurrence(reversed_grad, 1 - smooth, torch.zeros_like(reversed_grad[..., 0])).flip(-1)
-        previous = torch.cat([x[..., :1], smoothed[..., :-1]], dim=-1)            # M_{t−1}, M_{−1} = x_0
-        grad_smooth = (adjoint * (x - previous)).sum(dim=(1, 2))
-        grad_x = grad_u.mul_(gain).addcmul_(adjoint, s.expand_as(adjoint))
-        grad_x[..., 0] += adjoint[..., 0] * (1 - s[..., 0])                       # ∂x_0 = λ_0, not s·λ_0
+        grad_x, grad_smooth = _smoother_adjoint(grad_smoothed, x, smoothed, smooth)
+        grad_x.addcmul_(grad_u, gain)                                             # x's direct path
         grad_energies = (grad_x * inside).transpose(0, 1)
         return grad_energies, grad_alpha, grad_delta, grad_r, grad_smooth, None, None
 
