@@ -1,6 +1,6 @@
 """The fast building blocks of the frontends against plain float64 references: blocked strided convolution,
-channels-last depthwise pooling, fused complex energy, the blocked PCEN smoother and its adjoint, the
-interpolation matrix, and the glibc allocator setting."""
+channels-last depthwise pooling, fused complex energy, fused energy + pooling, the blocked PCEN smoother and its
+adjoint, the interpolation matrix, and the glibc allocator setting."""
 import json
 import subprocess
 import sys
@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from leaflab.frontends.energy_pooling import pooled_energy
 from leaflab.frontends.gabor import complex_energy, strided_conv1d
 from leaflab.frontends.leaf import interpolation_matrix
 from leaflab.frontends.pcen import pcen_smoother, pcen_smoother_loop
@@ -65,6 +66,50 @@ def test_complex_energy_value_and_gradient():
     assert torch.autograd.gradcheck(complex_energy, (z,))
     z_last = torch.randn(2, 9, 6, dtype=torch.float64).transpose(1, 2).requires_grad_()
     assert torch.autograd.gradcheck(complex_energy, (z_last,))
+
+
+def pooled_energy_loop(parts, windows, hop, n_frames):
+    """P[b, i, j] = Σ_u w[i, u]·(re² + im²)[b, j·hop + u − (W−1)/2, i], zero outside the clip, one frame at a time."""
+    n, taps = windows.shape
+    energy = (parts[..., :n] ** 2 + parts[..., n:] ** 2).transpose(1, 2)        # [B, n, M]
+    padded = F.pad(energy, (taps // 2, taps // 2 + n_frames * hop))
+    return torch.stack([(padded[..., j * hop: j * hop + taps] * windows).sum(-1) for j in range(n_frames)], -1)
+
+
+# (M, n, hop, W, J): window longer and shorter than the hop, hop 1, one band, samples past the last window,
+# frames past the end of the clip, the 4-group EfficientLEAF s = 1 shape scaled down
+@pytest.mark.parametrize("length,n,hop,taps,n_frames", [(50, 3, 5, 11, 10), (47, 2, 4, 3, 12), (30, 1, 10, 21, 3),
+                                                         (64, 3, 8, 9, 5), (40, 2, 1, 5, 40), (200, 2, 16, 41, 6),
+                                                         (33, 2, 3, 31, 11)])
+def test_pooled_energy_value_and_gradients_equal_the_loop(length, n, hop, taps, n_frames):
+    generator = torch.Generator().manual_seed(length + taps)
+    parts = torch.randn(2, length, 2 * n, dtype=torch.float64, generator=generator, requires_grad=True)
+    windows = torch.rand(n, taps, dtype=torch.float64, generator=generator, requires_grad=True)
+    got = pooled_energy(parts, windows, hop, n_frames)
+    ref = pooled_energy_loop(parts, windows, hop, n_frames)
+    assert got.shape == (2, n, n_frames)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(got.shape, dtype=torch.float64, generator=generator)
+    grads = torch.autograd.grad((got * weights).sum(), (parts, windows))
+    grads_ref = torch.autograd.grad((ref * weights).sum(), (parts, windows))
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda p, w: pooled_energy(p, w, hop, n_frames), (parts, windows))
+
+
+def test_pooled_energy_accepts_the_strided_conv_layout_and_rejects_mismatches():
+    # strided_conv1d returns a transposed view of a longer time-major buffer; the float32 result matches float64
+    x = torch.randn(2, 1700, dtype=torch.float64)
+    kernels = torch.randn(6, 101, dtype=torch.float64)
+    parts = strided_conv1d(x, kernels, 4, 399).transpose(1, 2)          # [2, 399, 6], rows of 8 outputs
+    windows = torch.rand(3, 101, dtype=torch.float64)
+    ref = pooled_energy_loop(parts, windows, 40, 10)
+    got32 = pooled_energy(parts.float(), windows.float(), 40, 10)
+    assert (got32.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    with pytest.raises(ValueError, match="do not match"):
+        pooled_energy(parts, windows[:, :100], 40, 10)
+    with pytest.raises(ValueError, match="do not match"):
+        pooled_energy(parts[..., :4], windows, 40, 10)
 
 
 @pytest.mark.parametrize("n_frames", [1, 2, 3, 100, 101, 3000])

@@ -12,8 +12,8 @@ K_g may exceed K (e.g. 505 for G = 8, window_factor 6).
 
 The group geometry depends on the values of η and σ (host-side integers). It is cached and recomputed only when
 η or σ change (keyed on the parameters' version counters): no host synchronisation per forward otherwise.
-Convolutions use the blocked channels-last form of gabor.strided_conv1d (the same numbers as conv1d(stride=s_g)),
-the energy the fused gabor.complex_energy, the pooling the channels-last pooling.depthwise_conv1d.
+Convolutions use the blocked channels-last form of gabor.strided_conv1d (the same numbers as conv1d(stride=s_g));
+energy and pooling are one autograd function (energy_pooling.pooled_energy) with a matrix-product backward.
 Non-integer hops (22.05 kHz): strides divide the hop period a (h = a/P), and frame j is read at the coarse
 sample nearest its centre, ⌊c_j/s_g + 1/2⌋ (identical to the reference framing for an integer hop).
 """
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .framing import FrameGrid
+from .energy_pooling import pooled_energy
 from .gabor import complex_energy, gabor_impulse_responses, strided_conv1d
 from .pooling import GaborPoolingParameters, gaussian_pool, gaussian_pooling_windows
 
@@ -99,13 +100,13 @@ class EfficientLeafFilterbank(GaborPoolingParameters):
             kernels = gabor_impulse_responses(centers[geo.start:geo.stop], sigmas[geo.start:geo.stop], k_g // 2)
             n_coarse = (n_samples - 1) // s + 1
             z = strided_conv1d(F.pad(x, (k_g // 2, k_g // 2)), kernels, s, n_coarse)
-            energy = complex_energy(z)
             group_widths = widths[geo.start:geo.stop] / s * self.grid.taps / w_g
             windows = gaussian_pooling_windows(group_widths, w_g)
-            if self.grid.period_frames == 1:
-                index = torch.as_tensor(centres // s, device=x.device)
-                outputs.append(gaussian_pool(energy, windows, index, self.grid.period_samples // s))
+            if self.grid.period_frames == 1:  # frames every period_samples // s coarse samples, from 0
+                outputs.append(pooled_energy(z.transpose(1, 2), windows, self.grid.period_samples // s,
+                                             len(centres)))
             else:
                 index = np.minimum((2 * centres + s) // (2 * s), n_coarse - 1)
-                outputs.append(gaussian_pool(energy, windows, torch.as_tensor(index, device=x.device), None))
+                outputs.append(gaussian_pool(complex_energy(z), windows, torch.as_tensor(index, device=x.device),
+                                             None))
         return torch.cat(outputs, dim=1)
