@@ -69,21 +69,25 @@ def test_complex_energy_value_and_gradient():
 
 
 def pooled_energy_loop(parts, windows, hop, n_frames):
-    """P[b, i, j] = Σ_u w[i, u]·(re² + im²)[b, j·hop + u − (W−1)/2, i], zero outside the clip, one frame at a time."""
+    """P[b, i, j] = Σ_u w[i, u]·(re² + im²)[b, i, j·hop + u − (W−1)/2], zero outside the clip, frame by frame."""
     n, taps = windows.shape
-    energy = (parts[..., :n] ** 2 + parts[..., n:] ** 2).transpose(1, 2)        # [B, n, M]
+    energy = parts[:, :n] ** 2 + parts[:, n:] ** 2                                # [B, n, M]
     padded = F.pad(energy, (taps // 2, taps // 2 + n_frames * hop))
     return torch.stack([(padded[..., j * hop: j * hop + taps] * windows).sum(-1) for j in range(n_frames)], -1)
 
 
 # (M, n, hop, W, J): window longer and shorter than the hop, hop 1, one band, samples past the last window,
-# frames past the end of the clip, the 4-group EfficientLEAF s = 1 shape scaled down
+# frames past the end of the clip; both memory layouts of the parts
+@pytest.mark.parametrize("layout", ["time-major", "channels-first"])
 @pytest.mark.parametrize("length,n,hop,taps,n_frames", [(50, 3, 5, 11, 10), (47, 2, 4, 3, 12), (30, 1, 10, 21, 3),
                                                          (64, 3, 8, 9, 5), (40, 2, 1, 5, 40), (200, 2, 16, 41, 6),
                                                          (33, 2, 3, 31, 11)])
-def test_pooled_energy_value_and_gradients_equal_the_loop(length, n, hop, taps, n_frames):
+def test_pooled_energy_value_and_gradients_equal_the_loop(length, n, hop, taps, n_frames, layout):
     generator = torch.Generator().manual_seed(length + taps)
-    parts = torch.randn(2, length, 2 * n, dtype=torch.float64, generator=generator, requires_grad=True)
+    parts = torch.randn(2, length, 2 * n, dtype=torch.float64, generator=generator).transpose(1, 2)
+    if layout == "channels-first":
+        parts = parts.contiguous()
+    parts.requires_grad_()
     windows = torch.rand(n, taps, dtype=torch.float64, generator=generator, requires_grad=True)
     got = pooled_energy(parts, windows, hop, n_frames)
     ref = pooled_energy_loop(parts, windows, hop, n_frames)
@@ -97,19 +101,21 @@ def test_pooled_energy_value_and_gradients_equal_the_loop(length, n, hop, taps, 
     assert torch.autograd.gradcheck(lambda p, w: pooled_energy(p, w, hop, n_frames), (parts, windows))
 
 
-def test_pooled_energy_accepts_the_strided_conv_layout_and_rejects_mismatches():
-    # strided_conv1d returns a transposed view of a longer time-major buffer; the float32 result matches float64
+@pytest.mark.parametrize("stride,taps", [(4, 101), (1, 401)])  # blocked conv (time-major), FFT (channels-first)
+def test_pooled_energy_on_gabor_outputs_in_float32_and_rejects_mismatches(stride, taps):
     x = torch.randn(2, 1700, dtype=torch.float64)
-    kernels = torch.randn(6, 101, dtype=torch.float64)
-    parts = strided_conv1d(x, kernels, 4, 399).transpose(1, 2)          # [2, 399, 6], rows of 8 outputs
-    windows = torch.rand(3, 101, dtype=torch.float64)
-    ref = pooled_energy_loop(parts, windows, 40, 10)
-    got32 = pooled_energy(parts.float(), windows.float(), 40, 10)
+    kernels = torch.randn(6, taps, dtype=torch.float64)
+    n_out = (1700 - taps) // stride + 1
+    parts = strided_conv1d(x, kernels, stride, n_out)
+    assert parts.stride(1 if stride > 1 else 2) == 1  # the layout this case is meant to cover
+    windows = torch.rand(3, 41, dtype=torch.float64)
+    ref = pooled_energy_loop(parts, windows, 10, 10)
+    got32 = pooled_energy(strided_conv1d(x.float(), kernels.float(), stride, n_out), windows.float(), 10, 10)
     assert (got32.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
     with pytest.raises(ValueError, match="do not match"):
-        pooled_energy(parts, windows[:, :100], 40, 10)
+        pooled_energy(parts, windows[:, :40], 10, 10)
     with pytest.raises(ValueError, match="do not match"):
-        pooled_energy(parts[..., :4], windows, 40, 10)
+        pooled_energy(parts[:, :4], windows, 10, 10)
 
 
 @pytest.mark.parametrize("n_frames", [1, 2, 3, 100, 101, 3000])

@@ -4,7 +4,6 @@ real SIGKILL, a params change, and two processes under torchrun."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time

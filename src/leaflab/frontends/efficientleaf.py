@@ -103,7 +103,7 @@ class EfficientLeafFilterbank(GaborPoolingParameters):
             group_widths = widths[geo.start:geo.stop] / s * self.grid.taps / w_g
             windows = gaussian_pooling_windows(group_widths, w_g)
             if self.grid.period_frames == 1:  # frames every period_samples // s coarse samples, from 0
-                outputs.append(pooled_energy(z.transpose(1, 2), windows, self.grid.period_samples // s,
+                outputs.append(pooled_energy(z, windows, self.grid.period_samples // s,
                                              len(centres)))
             else:
                 index = np.minimum((2 * centres + s) // (2 * s), n_coarse - 1)

@@ -15,7 +15,8 @@ number within a stated error bound by doing less work:
    few samples of the band-limited E that lie outside the clip (≤ L_n on each side) for the edge frames.
 4. Filters truncated by the K taps (edge amplitude e^{−(K−1)²/(8σ²)} > 1e−4, the lowest ~11 at init) are not
    band-limited by σ (the truncation leaks); they keep stride 1 and all K taps (exact), evaluated by real FFTs
-   (gabor.fft_correlate). They remain the largest single cost.
+   (gabor.fft_correlate), with energy and pooling fused (energy_pooling.pooled_energy; for an integer hop).
+   They remain the largest single cost.
 Filters with the same stride are computed together. The geometry (supports, strides, interpolation kernels)
 depends on σ only; it is cached and recomputed when σ changes (keyed on the parameter's version counter), so an
 unchanged frontend does no host synchronisation per forward.
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .framing import FrameGrid
+from .energy_pooling import pooled_energy
 from .gabor import complex_energy, gabor_energies_exact, gabor_impulse_responses, strided_conv1d
 from .pooling import GaborPoolingParameters, depthwise_conv1d, gaussian_pool, gaussian_pooling_windows
 
@@ -159,6 +161,17 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
     return out
 
 
+def pooled_energies_stride1(x: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor, windows: torch.Tensor,
+                            group: StrideGroup, grid: FrameGrid) -> torch.Tensor:
+    """A stride-1 group with an integer hop: the definition itself, E on every sample of the clip (zero outside)
+    pooled at the frame centres, with kernels of ±L taps. energy_pooling.pooled_energy → [B, n_g, J]."""
+    n_samples = x.shape[-1]
+    L = group.half_support
+    kernels = gabor_impulse_responses(centers, sigmas, L)
+    z = strided_conv1d(F.pad(x, (L, L)), kernels, 1, n_samples)
+    return pooled_energy(z, windows, grid.period_samples, grid.num_frames(n_samples))
+
+
 class LeafFilterbank(GaborPoolingParameters):
     """LEAF filterbank (learnable η, σ, ρ per filter). x [B, T] → pooled energies [B, N, J].
 
@@ -197,7 +210,10 @@ class LeafFilterbank(GaborPoolingParameters):
         outputs, order = [], []
         for group in self.stride_groups(sigmas):
             i = group.indices
-            outputs.append(pooled_energies_strided(x, centers[i], sigmas[i], windows[i], group, self.grid))
+            if group.stride == 1 and self.grid.period_frames == 1:
+                outputs.append(pooled_energies_stride1(x, centers[i], sigmas[i], windows[i], group, self.grid))
+            else:
+                outputs.append(pooled_energies_strided(x, centers[i], sigmas[i], windows[i], group, self.grid))
             order.append(i)
         out = torch.cat(outputs, dim=1)
         inverse = torch.empty_like(torch.cat(order))
