@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from leaflab.frontends.energy_pooling import pooled_energy
 from leaflab.frontends.gabor import complex_energy, strided_conv1d
 from leaflab.frontends.leaf import interpolation_matrix
-from leaflab.frontends.pcen import pcen_smoother, pcen_smoother_loop
+from leaflab.frontends.pcen import DENSE_MAX_FRAMES, decay_matrix, pcen_smoother, pcen_smoother_loop
 from leaflab.frontends.pooling import depthwise_conv1d
 
 
@@ -132,6 +132,28 @@ def test_pcen_smoother_value_and_gradients_equal_the_loop(n_frames):
     torch.testing.assert_close(grads[0], grads_loop[0], rtol=1e-9, atol=1e-9)
     expected_s = grads_loop[1] if grads_loop[1] is not None else torch.zeros_like(s)  # T = 1: s unused
     torch.testing.assert_close(grads[1], expected_s, rtol=1e-9, atol=1e-9)
+
+
+def test_decay_matrix_is_the_masked_power_toeplitz_matrix():
+    q = torch.tensor([0.0, 0.5, 0.96, 1.0], dtype=torch.float64)
+    lag = np.arange(7)[None, :] - np.arange(7)[:, None]                           # i − k
+    ref = np.where(lag >= 0, q.numpy()[:, None, None] ** np.maximum(lag, 0), 0.0)
+    np.testing.assert_array_equal(decay_matrix(q, 7).numpy(), ref)
+    assert decay_matrix(q, 1).tolist() == [[[1.0]]] * 4
+    assert decay_matrix(torch.tensor([0.5]), 200)[0, 0, 150].item() == 0.0    # 0.5^150 < 1e−30: no denormal
+
+
+@pytest.mark.parametrize("n_frames", [DENSE_MAX_FRAMES, DENSE_MAX_FRAMES + 1])  # dense and blocked forms
+def test_pcen_smoother_forms_agree_at_the_switch(n_frames):
+    x = torch.rand(2, 3, n_frames, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor([0.04, 0.3, 1.0], dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, n_frames, dtype=torch.float64)
+    got = pcen_smoother(x, s)
+    ref = pcen_smoother_loop(x, s)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for g, r in zip(torch.autograd.grad((got * weights).sum(), (x, s)),
+                    torch.autograd.grad((ref * weights).sum(), (x, s))):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
 
 
 def test_pcen_smoother_gradcheck_and_float32():

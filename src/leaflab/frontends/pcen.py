@@ -6,7 +6,10 @@ Learnable per band (constrained in forward, functionally): s ∈ [0, 1] (init 0.
 root = 1/r ≥ 1 (2, i.e. r = 0.5 ≤ 1). Input [B, N, T] → output [B, 1, N, T].
 
 The smoother is a first-order linear recurrence, evaluated without a loop over frames (`pcen_smoother`):
-with M_{−1} := x_0 it reads M_t = q·M_{t−1} + s·x_t from t = 0 on (q = 1 − s). The T frames are cut into
+with M_{−1} := x_0 it reads M_t = q·M_{t−1} + s·x_t from t = 0 on (q = 1 − s), i.e. M = u·D with the decay
+matrix D[k, i] = q^{i−k} (k ≤ i) and inputs u_t = s·x_t, u_0 = x_0 (q·x_0 + s·x_0). Up to 256 frames (clips of
+2.5 s at 100 frames/s) D is built (a Toeplitz view of T powers) and the smoother and its adjoint are one batched
+matrix product each, which measured ~5× faster than the blocked form at T = 100. Longer inputs: the T frames are cut into
 blocks of b = ⌈√T⌉; one batched matrix product per band applies the decay matrix D[k, i] = q^{i−k} (k ≤ i)
 inside every block from a zero state, a second one carries the block-end states across blocks
 (q^{b·(j−l)}), and the state entering a block adds q^{i+1}·state. Only powers of q ∈ [0, 1] appear: nothing
@@ -64,17 +67,45 @@ def _bmm_transposed(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return torch.bmm(right.transpose(1, 2), left.transpose(1, 2)).transpose(1, 2)
 
 
-def _smooth_per_band(x: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+DENSE_MAX_FRAMES = 256  # up to this many frames the decay matrix D [N, T, T] is materialised
+
+
+def decay_matrix(decay: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """D[n, k, i] = q_n^{i−k} for k ≤ i, else 0. decay q [N] in [0, 1] → [N, T, T].
+
+    Powers below 1e−30 are set to 0 (their effect is below float32 rounding; denormals would slow the products).
+    """
+    lag = torch.arange(n_frames, device=decay.device, dtype=decay.dtype)
+    powers = decay[:, None] ** lag
+    powers = torch.where(powers < 1e-30, 0.0, powers)
+    lags = torch.cat([powers.new_zeros(decay.shape[0], n_frames - 1), powers], dim=1)   # j ↔ lag j − (T − 1)
+    hankel = lags.as_strided((decay.shape[0], n_frames, n_frames), (2 * n_frames - 1, 1, 1))  # lag i − (T−1−k')
+    return hankel.flip(1)
+
+
+def _smoother_decays(smooth: torch.Tensor, n_frames: int) -> torch.Tensor | None:
+    """The decay matrix for the dense form, or None where T is too long for it (the blocked form is used)."""
+    return decay_matrix(1 - smooth, n_frames) if n_frames <= DENSE_MAX_FRAMES else None
+
+
+def _smooth_per_band(x: torch.Tensor, smooth: torch.Tensor, decays: torch.Tensor | None) -> torch.Tensor:
     """M for x [N, B, T] (per-band layout), s [N]: the recurrence with M_{−1} = x_0."""
-    return linear_recurrence(smooth[:, None, None] * x, 1 - smooth, x[..., 0])
+    if decays is None:
+        return linear_recurrence(smooth[:, None, None] * x, 1 - smooth, x[..., 0])
+    inputs = smooth[:, None, None] * x
+    inputs[..., 0] = x[..., 0]                                                 # u_0 = x_0 gives M_0 = x_0
+    return torch.bmm(inputs, decays)
 
 
-def _smoother_adjoint(grad: torch.Tensor, x: torch.Tensor, smoothed: torch.Tensor,
-                      smooth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂x, ∂s) of the smoother for ∂M = grad, all [N, B, T]: λ_t = G_t + q·λ_{t+1} run backwards in time,
-    ∂x_t = s·λ_t (∂x_0 = λ_0), ∂s = Σ_t λ_t·(x_t − M_{t−1})."""
-    reversed_grad = grad.flip(-1)
-    adjoint = linear_recurrence(reversed_grad, 1 - smooth, torch.zeros_like(reversed_grad[..., 0])).flip(-1)
+def _smoother_adjoint(grad: torch.Tensor, x: torch.Tensor, smoothed: torch.Tensor, smooth: torch.Tensor,
+                      decays: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂x, ∂s) of the smoother for ∂M = grad, all [N, B, T]: λ_t = G_t + q·λ_{t+1} run backwards in time
+    (λ = G·Dᵀ), ∂x_t = s·λ_t (∂x_0 = λ_0), ∂s = Σ_t λ_t·(x_t − M_{t−1})."""
+    if decays is not None:
+        adjoint = torch.bmm(grad, decays.transpose(1, 2))
+    else:
+        reversed_grad = grad.flip(-1)
+        adjoint = linear_recurrence(reversed_grad, 1 - smooth, torch.zeros_like(reversed_grad[..., 0])).flip(-1)
     grad_x = adjoint * smooth[:, None, None]
     grad_x[..., 0] = adjoint[..., 0]
     previous = torch.cat([x[..., :1], smoothed[..., :-1]], dim=-1)            # M_{t−1}, M_{−1} = x_0
@@ -89,14 +120,15 @@ class _Smoother(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
         per_band = x.detach().transpose(0, 1).contiguous()                      # [N, B, T]
         s = smooth.detach()
-        smoothed = _smooth_per_band(per_band, s)
-        ctx.save_for_backward(per_band, s, smoothed)
+        decays = _smoother_decays(s, per_band.shape[-1])
+        smoothed = _smooth_per_band(per_band, s, decays)
+        ctx.save_for_backward(per_band, s, smoothed, decays)
         return smoothed.transpose(0, 1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        per_band, s, smoothed = ctx.saved_tensors
-        grad_x, grad_s = _smoother_adjoint(grad.transpose(0, 1), per_band, smoothed, s)
+        per_band, s, smoothed, decays = ctx.saved_tensors
+        grad_x, grad_s = _smoother_adjoint(grad.transpose(0, 1), per_band, smoothed, s, decays)
         return grad_x.transpose(0, 1), grad_s
 
 
@@ -135,19 +167,20 @@ class _PCENFused(torch.autograd.Function):
         inside = per_band >= floor                                                # clamp's gradient mask
         x = per_band.clamp_(min=floor)
         a, d, rr = (v.detach()[:, None, None] for v in (alpha, delta, r))
-        smoothed = _smooth_per_band(x, smooth.detach())
+        decays = _smoother_decays(smooth.detach(), x.shape[-1])
+        smoothed = _smooth_per_band(x, smooth.detach(), decays)
         log_level = torch.log1p(smoothed / eps).add_(math.log(eps))               # ln(ε + M), stably
         gain = torch.exp(-a * log_level)
         u = torch.addcmul(d, x, gain)
         log_u = torch.log(u)
         out = torch.exp(rr * log_u)
-        ctx.save_for_backward(inside, x, smoothed, log_level, gain, u, log_u, out, alpha, r, smooth)
+        ctx.save_for_backward(inside, x, smoothed, log_level, gain, u, log_u, out, alpha, r, smooth, decays)
         ctx.eps = eps
         return out.transpose(0, 1)
 
     @staticmethod
     def backward(ctx, grad):
-        inside, x, smoothed, log_level, gain, u, log_u, out, alpha, r, smooth = ctx.saved_tensors
+        inside, x, smoothed, log_level, gain, u, log_u, out, alpha, r, smooth, decays = ctx.saved_tensors
         a, rr = (v[:, None, None] for v in (alpha, r))
         grad_out = grad.transpose(0, 1) * out                                     # ∂/∂(r·ln u)
         grad_r = (grad_out * log_u).sum(dim=(1, 2))
@@ -156,7 +189,7 @@ class _PCENFused(torch.autograd.Function):
         grad_gain_scaled = grad_u * x * gain                                      # ∂/∂(−α·ln(ε+M)) · (−1)
         grad_alpha = -(grad_gain_scaled * log_level).sum(dim=(1, 2))
         grad_smoothed = grad_gain_scaled.mul_(-a).div_(smoothed + ctx.eps)
-        grad_x, grad_smooth = _smoother_adjoint(grad_smoothed, x, smoothed, smooth)
+        grad_x, grad_smooth = _smoother_adjoint(grad_smoothed, x, smoothed, smooth, decays)
         grad_x.addcmul_(grad_u, gain)                                             # x's direct path
         grad_energies = (grad_x * inside).transpose(0, 1)
         return grad_energies, grad_alpha, grad_delta, grad_r, grad_smooth, None, None
