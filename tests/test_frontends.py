@@ -138,6 +138,48 @@ def test_efficientleaf_one_group_full_taps_stride_one_equals_leaf():
     assert ((a - b).abs().max() / a.abs().max()) < 1e-12
 
 
+def efficientleaf_reference(x, eta, sigma, rho, geometry, taps, centres):
+    """The EfficientLEAF definition group by group, float64: conv1d(stride s_g) of the (K_g−1)/2-padded clip with
+    the K_g-tap Gabor responses, |·|², then the W_g-tap window (ρ' = ρ/s_g·K/W_g) summed around the coarse sample
+    nearest each frame centre, zeros outside the clip."""
+    out = []
+    for g in geometry:
+        k, s, w_taps = g.kernel_taps, g.conv_stride, g.pool_taps
+        n = slice(g.start, g.stop)
+        t = torch.arange(-(k // 2), k // 2 + 1, dtype=torch.float64)
+        envelope = torch.exp(-0.5 * (t / sigma[n, None]) ** 2) / (math.sqrt(2 * math.pi) * sigma[n, None])
+        padded = torch.nn.functional.pad(x, (k // 2, k // 2))[:, None]
+        real = torch.nn.functional.conv1d(padded, (envelope * torch.cos(eta[n, None] * t))[:, None], stride=s)
+        imag = torch.nn.functional.conv1d(padded, (envelope * torch.sin(eta[n, None] * t))[:, None], stride=s)
+        energy = torch.nn.functional.pad(real ** 2 + imag ** 2, (w_taps // 2, w_taps // 2))
+        u = torch.arange(w_taps, dtype=torch.float64)
+        window = torch.exp(-0.5 * ((2 * u / (w_taps - 1) - 1) / (rho[n, None] / s * taps / w_taps)) ** 2)
+        n_coarse = real.shape[-1]
+        coarse = [min((2 * int(c) + s) // (2 * s), n_coarse - 1) for c in centres]
+        out.append(torch.stack([(energy[..., m: m + w_taps] * window).sum(-1) for m in coarse], dim=-1))
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("groups,wf,sf,sr", [(4, 4.75, 1.0, SR), (8, 6.0, 16.0, SR), (8, 6.0, 16.0, 8000),
+                                             (4, 4.75, 1.0, 22050)])
+def test_efficientleaf_filterbank_matches_the_definition(groups, wf, sf, sr):
+    # 8 groups at init: two runs of equal strides with different K_g (505 / 377, 209 / 155) share a convolution
+    fe = Frontend(FrontendConfig(groups=groups, window_factor=wf, stride_factor=sf, sample_rate=sr,
+                                 max_freq=min(7800.0, sr / 2))).double()
+    with torch.no_grad():  # move σ and ρ off the init so that every group has its own shapes
+        rng = np.random.default_rng(groups)
+        fe.filterbank.bandwidths.mul_(torch.tensor(rng.uniform(0.8, 1.2, 40)))
+        fe.filterbank.pooling_widths.mul_(torch.tensor(rng.uniform(0.6, 1.1, 40)))
+    x = clips(sr // 2, sr)
+    fb = fe.filterbank
+    eta, sigma, rho = (t.detach() for t in fb.constrained())
+    got = fb(x).detach()
+    ref = efficientleaf_reference(x, eta, sigma, rho, fb.geometry(), fb.grid.taps, fb.grid.frame_centres(x.shape[-1]))
+    assert got.shape == ref.shape == (x.shape[0], 40, fb.grid.num_frames(x.shape[-1]))
+    err = ((got - ref).abs().amax(-1) / ref.abs().amax(-1)).max()
+    assert err < 1e-10, float(err)
+
+
 @pytest.mark.parametrize("groups,wf,sf,taps,strides", [
     (4, 4.75, 1.0, [401, 221, 123, 69], [10, 4, 2, 1]),
     (8, 6.0, 16.0, [505, None, None, None, None, None, None, 65], [160, 160, 80, 40, 40, 32, 20, 16]),

@@ -59,10 +59,12 @@ def gabor_impulse_responses(centers: torch.Tensor, sigmas: torch.Tensor, half_le
     return torch.cat([envelope * torch.cos(phase), envelope * torch.sin(phase)], dim=0)
 
 
-def strided_conv1d(x_padded: torch.Tensor, kernels: torch.Tensor, stride: int, n_out: int) -> torch.Tensor:
-    """out[b, c, m] = Σ_k x_padded[b, m·stride + k]·kernels[c, k], m = 0..n_out−1 (no padding added here).
+def strided_conv1d(x_padded: torch.Tensor, kernels: torch.Tensor, stride: int, n_out: int,
+                   pad_left: int = 0) -> torch.Tensor:
+    """out[b, c, m] = Σ_k x_padded[b, m·stride + k]·kernels[c, k], m = 0..n_out−1.
 
-    x_padded: [B, L] with L >= (n_out − 1)·stride + K; kernels: [C, K] → [B, C, n_out] (a channels-last view).
+    x_padded: [B, L]; kernels: [C, K] → [B, C, n_out] (a channels-last view). x_padded is read as zero-padded by
+    pad_left samples on the left and by as many as needed on the right (one copy of the signal in all).
     Blocked form: the signal is cut into rows of Q = P·stride samples (P output phases per row) and read as a
     channels-last [B, Q, 1, rows] image without a copy; one stride-1 conv2d with Q input channels and P·C output
     channels (kernel taps regrouped by phase, zeros where a phase runs past the kernel) gives P consecutive
@@ -72,7 +74,8 @@ def strided_conv1d(x_padded: torch.Tensor, kernels: torch.Tensor, stride: int, n
     """
     channels, taps = kernels.shape
     if stride == 1 and taps >= FFT_MIN_TAPS:
-        return fft_correlate(x_padded, kernels, n_out)
+        return fft_correlate(F.pad(x_padded, (pad_left, n_out + taps - 1 - pad_left - x_padded.shape[-1])),
+                             kernels, n_out)
     phases = 1
     while phases < 8 and taps >= 40 * phases * stride:
         phases *= 2
@@ -80,8 +83,8 @@ def strided_conv1d(x_padded: torch.Tensor, kernels: torch.Tensor, stride: int, n
     n_rows = -(-n_out // phases)
     row_taps = -(-(taps + (phases - 1) * stride) // block)
     length = (n_rows + row_taps - 1) * block
-    if x_padded.shape[-1] != length:  # exactly `length` samples (zeros added or tail dropped): a dense image
-        x_padded = F.pad(x_padded, (0, length - x_padded.shape[-1]))
+    if pad_left or x_padded.shape[-1] != length:  # exactly `length` samples (zeros added or tail dropped)
+        x_padded = F.pad(x_padded, (pad_left, length - pad_left - x_padded.shape[-1]))
     batch = x_padded.shape[0]
     image = x_padded.reshape(batch, -1, block).transpose(1, 2).unsqueeze(2)  # [B, Q, 1, rows], channels-last
     index = _blocked_kernel_index(taps, stride, phases, x_padded.device)                 # [P, Q, row_taps]
