@@ -42,6 +42,19 @@ def test_strided_conv1d_kernel_gradient_matches_reference():
     torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)
 
 
+# kernels spanning few rows (the matrix-product gradient) and many rows (conv2d's), both gradients
+@pytest.mark.parametrize("taps,stride,n_out", [(65, 16, 40), (505, 160, 9), (209, 40, 20), (101, 10, 60)])
+def test_strided_conv1d_gradients_match_conv1d(taps, stride, n_out):
+    generator = torch.Generator().manual_seed(taps)
+    x = torch.randn(2, (n_out - 1) * stride + taps + 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    h = torch.randn(4, taps, dtype=torch.float64, generator=generator, requires_grad=True)
+    weights = torch.randn(2, 4, n_out, dtype=torch.float64, generator=generator)
+    got = torch.autograd.grad((strided_conv1d(x, h, stride, n_out) * weights).sum(), (x, h))
+    ref = torch.autograd.grad((F.conv1d(x[:, None], h[:, None], stride=stride)[..., :n_out] * weights).sum(), (x, h))
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("stride,padding", [(1, 0), (1, 7), (16, 7), (160, 200)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_depthwise_conv1d_matches_numpy(stride, padding, layout):
