@@ -164,7 +164,7 @@ class _PCENFused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, energies, alpha, delta, r, smooth, floor: float, eps: float):
         per_band = energies.detach().transpose(0, 1).contiguous()                 # [N, B, T]
-        inside = per_band >= floor                                                # clamp's gradient mask
+        outside = per_band < floor                                                # where clamp's gradient is 0
         x = per_band.clamp_(min=floor)
         a, d, rr = (v.detach()[:, None, None] for v in (alpha, delta, r))
         decays = _smoother_decays(smooth.detach(), x.shape[-1])
@@ -174,13 +174,13 @@ class _PCENFused(torch.autograd.Function):
         u = torch.addcmul(d, x, gain)
         log_u = torch.log(u)
         out = torch.exp(rr * log_u)
-        ctx.save_for_backward(inside, x, smoothed, log_level, gain, u, log_u, out, alpha, r, smooth, decays)
+        ctx.save_for_backward(outside, x, smoothed, log_level, gain, u, log_u, out, alpha, r, smooth, decays)
         ctx.eps = eps
         return out.transpose(0, 1)
 
     @staticmethod
     def backward(ctx, grad):
-        inside, x, smoothed, log_level, gain, u, log_u, out, alpha, r, smooth, decays = ctx.saved_tensors
+        outside, x, smoothed, log_level, gain, u, log_u, out, alpha, r, smooth, decays = ctx.saved_tensors
         a, rr = (v[:, None, None] for v in (alpha, r))
         grad_out = grad.transpose(0, 1) * out                                     # ∂/∂(r·ln u)
         grad_r = (grad_out * log_u).sum(dim=(1, 2))
@@ -191,7 +191,7 @@ class _PCENFused(torch.autograd.Function):
         grad_smoothed = grad_gain_scaled.mul_(-a).div_(smoothed + ctx.eps)
         grad_x, grad_smooth = _smoother_adjoint(grad_smoothed, x, smoothed, smooth, decays)
         grad_x.addcmul_(grad_u, gain)                                             # x's direct path
-        grad_energies = (grad_x * inside).transpose(0, 1)
+        grad_energies = grad_x.masked_fill_(outside, 0.0).transpose(0, 1)
         return grad_energies, grad_alpha, grad_delta, grad_r, grad_smooth, None, None
 
 
