@@ -56,9 +56,9 @@ def _window_rows(windows: torch.Tensor, hop: int, blocks: int) -> torch.Tensor:
 
 def _block_diagonal(windows: torch.Tensor, hop: int, blocks: int, parts: int, scale: float) -> torch.Tensor:
     """[D·n, h·parts·n] with entry ((d, i), (p, part, i')) = scale·w[i, d·h + p]·[i = i'] (0 past W)."""
-    n, taps = windows.shape
-    rows = F.pad(windows, (0, blocks * hop - taps)).view(n, blocks, hop)          # w[i, d·h + p]
-    diagonal = torch.diag_embed(scale * rows.permute(1, 2, 0))                      # [D, h, n, n]: (d, p, i, i')
+    n = windows.shape[0]
+    rows = _window_rows(windows, hop, blocks)                                        # [n, h, D]
+    diagonal = torch.diag_embed(scale * rows.permute(2, 1, 0))                      # [D, h, n, n]: (d, p, i, i')
     matrix = diagonal.permute(0, 2, 1, 3).unsqueeze(3).expand(blocks, n, hop, parts, n)
     return matrix.reshape(blocks * n, hop * parts * n)
 
