@@ -54,6 +54,15 @@ def _window_rows(windows: torch.Tensor, hop: int, blocks: int) -> torch.Tensor:
     return F.pad(windows, (0, blocks * hop - taps)).view(n, blocks, hop).transpose(1, 2)
 
 
+def _shifted_gradients(grad: torch.Tensor, n_blocks: int, blocks: int) -> torch.Tensor:
+    """∂P[b, i, a − d] at (b, i, a, d) for grad ∂P [B, n, J] → [B, n, A, D], 0 where a − d is not a frame."""
+    batch, n, n_frames = grad.shape
+    shifted = grad.new_zeros(batch, n, n_blocks, blocks)
+    for d in range(blocks):
+        shifted[:, :, d: d + n_frames, d] = grad
+    return shifted
+
+
 def _block_diagonal(windows: torch.Tensor, hop: int, blocks: int, parts: int, scale: float) -> torch.Tensor:
     """[D·n, h·parts·n] with entry ((d, i), (p, part, i')) = scale·w[i, d·h + p]·[i = i'] (0 past W)."""
     n = windows.shape[0]
@@ -75,20 +84,18 @@ class _PooledEnergy(torch.autograd.Function):
         _energy_into(energy.transpose(1, 2), parts.transpose(1, 2), pad, used)
         pooled = depthwise_conv1d(energy.transpose(1, 2), windows, hop)[..., :n_frames]
         ctx.save_for_backward(parts, windows, energy)
-        ctx.geometry = (hop, n_frames, pad, blocks, n_blocks, used)
+        ctx.geometry = (hop, pad, blocks, n_blocks, used)
         return pooled
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         parts, windows, energy = ctx.saved_tensors
-        hop, n_frames, pad, blocks, n_blocks, used = ctx.geometry
+        hop, pad, blocks, n_blocks, used = ctx.geometry
         batch, length, channels = parts.shape
         n, taps = windows.shape
-        shifted = grad.new_zeros(batch, n_blocks, blocks, n)        # ∂P[b, a − d, i] at (b, a, d, i)
-        for d in range(blocks):
-            shifted[:, d: d + n_frames, d] = grad.transpose(1, 2)
-        shifted = shifted.view(batch * n_blocks, blocks * n)
+        shifted = _shifted_gradients(grad, n_blocks, blocks).permute(0, 2, 3, 1)   # (b, a, d, i)
+        shifted = shifted.reshape(batch * n_blocks, blocks * n)
         grad_parts = grad_windows = None
         if ctx.needs_input_grad[0]:
             spread = shifted @ _block_diagonal(windows, hop, blocks, 2, 2.0)  # 2·∂E for both parts, [B·A, h·2n]
@@ -119,19 +126,17 @@ class _PooledEnergyChannelsFirst(torch.autograd.Function):
         for d in range(1, blocks):
             pooled += products[:, :, d: d + n_frames, d]
         ctx.save_for_backward(parts, windows, energy)
-        ctx.geometry = (hop, n_frames, pad, blocks, n_blocks, used)
+        ctx.geometry = (hop, pad, blocks, n_blocks, used)
         return pooled
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         parts, windows, energy = ctx.saved_tensors
-        hop, n_frames, pad, blocks, n_blocks, used = ctx.geometry
+        hop, pad, blocks, n_blocks, used = ctx.geometry
         batch, channels, length = parts.shape
         n, taps = windows.shape
-        shifted = grad.new_zeros(batch, n, n_blocks, blocks)        # ∂P[b, i, a − d] at (b, i, a, d)
-        for d in range(blocks):
-            shifted[:, :, d: d + n_frames, d] = grad
+        shifted = _shifted_gradients(grad, n_blocks, blocks)
         grad_parts = grad_windows = None
         if ctx.needs_input_grad[0]:
             rows = _window_rows(2.0 * windows, hop, blocks)
