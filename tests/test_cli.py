@@ -1,7 +1,6 @@
 """The `leaflab` command: validate, info, compare (from a temporary MLflow store), ui's command line, and the
 error path (one line on stderr, exit 1) of the CLI and of the stage scripts."""
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -14,11 +13,12 @@ from typer.testing import CliRunner
 
 from leaflab import tracking
 from leaflab.cli import app
+from conftest import load_stage, repo_params
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = {"variants": {"pcen": {"filterbank": "efficientleaf", "compression": "pcen"},
-                       "tbn": {"filterbank": "mel", "compression": "tbn"}},
-          "tracking": {"experiment": "kws"}}
+PARAMS = repo_params({"variants": {"pcen": {"filterbank": "efficientleaf", "compression": "pcen"},
+                                   "tbn": {"filterbank": "mel", "compression": "tbn"}},
+                      "tracking": {"experiment": "kws"}})
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +58,14 @@ def invoke(*args):
 def test_validate_ok_and_error(project):
     result = invoke("validate")
     assert result.exit_code == 0 and result.stdout.startswith("OK: params.yaml is valid (2 variants: pcen, tbn)")
-    (project / "bad.yaml").write_text("train: {epochs: 0}\n")
+    (project / "bad.yaml").write_text(yaml.safe_dump(repo_params({"train": {"epochs": 0}})))
     result = invoke("validate", "--params", "bad.yaml")
     assert result.exit_code == 1
     assert result.stderr == "error: bad.yaml: train.epochs = 0: expected a number > 0\n"
 
 
 def test_errors_are_one_line_without_traceback_in_a_real_process(tmp_path):
-    (tmp_path / "params.yaml").write_text("variants: {pcen: {compression: pcem}}\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"variants": {"pcen": {"compression": "pcem"}}})))
     result = subprocess.run([sys.executable, "-m", "leaflab.cli", "validate"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1
@@ -126,12 +126,6 @@ def test_ui_refuses_a_remote_tracking_uri(project, monkeypatch):
     result = invoke("ui")
     assert result.exit_code == 1 and result.stderr.startswith("error: MLFLOW_TRACKING_URI=http://")
 
-
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("stage", ["visualize", "evaluate"])

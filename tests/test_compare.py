@@ -1,7 +1,6 @@
 """leaflab.comparison and the compare stage: run selection, mean ± t-interval, tables, outputs — from a temporary
 MLflow store written through leaflab.tracking."""
 
-import importlib.util
 import json
 import math
 import shutil
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from leaflab import comparison, tracking
+from conftest import load_stage, repo_params
 
 REPO = Path(__file__).resolve().parents[1]
 T_975_DF2 = 4.302652729911275
@@ -104,16 +104,10 @@ def test_records_from_experiment(store):
     assert comparison.records_from_experiment("no-such-experiment") == []
 
 
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_compare_stage_writes_table_figure_and_json(store):
-    params = {"variants": {"pcen": {"filterbank": "efficientleaf", "compression": "pcen"},
-                           "tbn": {"filterbank": "efficientleaf", "compression": "tbn"}}}
+    params = repo_params({"variants": {"pcen": {"filterbank": "efficientleaf", "compression": "pcen"},
+                                       "tbn": {"filterbank": "efficientleaf", "compression": "tbn"}}})
     (store / "params.yaml").write_text(yaml.safe_dump(params))
     (store / "dvc.yaml").write_text("stages: {}\n")
     summaries = store / "reports" / "summaries"
@@ -141,7 +135,7 @@ def test_compare_stage_writes_table_figure_and_json(store):
 
 def test_compare_stage_names_a_missing_summary(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"variants": {"pcen": {"compression": "pcen"}}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"variants": {"pcen": {"compression": "pcen"}}})))
     assert load_stage("compare").main() == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: reports/summaries/pcen.json: not found")

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import repo_params
 from leaflab.config import (SPEECH_COMMANDS_WORDS, as_dict, config_from_mapping, flatten, load_config)
 from leaflab.errors import LeaflabError
+from leaflab.frontends import Frontend, FrontendConfig, PCENConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,14 +29,14 @@ def test_repository_params_load_with_the_documented_defaults():
 
 
 def test_variant_overrides_merge_into_the_frontend_block_and_change_only_their_hash():
-    cfg = config_from_mapping({"variants": {"leaf": {"filterbank": "leaf", "compression": "pcen",
-                                                     "pcen": {"alpha": 0.5}},
-                                            "tbn": {"compression": "tbn"}}})
+    cfg = config_from_mapping(repo_params({"variants": {"leaf": {"filterbank": "leaf", "compression": "pcen",
+                                                                 "pcen": {"alpha": 0.5}},
+                                                        "tbn": {"compression": "tbn"}}}))
     leaf = cfg.variant_frontend("leaf")
     assert leaf.filterbank == "leaf" and leaf.pcen.alpha == 0.5 and leaf.pcen.delta == 2.0
     assert cfg.variant_frontend("tbn").filterbank == "efficientleaf"
-    other = config_from_mapping({"variants": {"leaf": {"filterbank": "leaf", "compression": "pcen"},
-                                              "tbn": {"compression": "tbn"}}})
+    other = config_from_mapping(repo_params({"variants": {"leaf": {"filterbank": "leaf", "compression": "pcen"},
+                                                          "tbn": {"compression": "tbn"}}}))
     assert cfg.variant_params_hash("tbn") == other.variant_params_hash("tbn")
     assert cfg.variant_params_hash("leaf") != other.variant_params_hash("leaf")
 
@@ -64,10 +66,21 @@ def test_flatten_gives_dotted_keys():
     ({"data": {"speechcommands": {"sha256": "abc"}}}, ["data.speechcommands.sha256", "hex"]),
     ({"train": {"min_lr": 0.1, "lr": 0.01}}, ["train.min_lr", "below"]),
     ({"model": {"classifier": "resnet"}}, ["model.classifier", "compact_cnn"]),
+    # gaps a tester found: each passed validation and failed later (or never)
+    ({"train": {"seeds": [-1]}}, ["train.seeds", "-1", "integers >= 0"]),
+    ({"model": {"channels": [8, 0]}}, ["model.channels", "integers > 0"]),
+    ({"variants": {123: {"compression": "tbn"}}}, ["variants", "123", "variant name"]),
+    ({"variants": {"tbn\n": {"compression": "tbn"}}}, ["variants", "'tbn\\n'", "variant name"]),
+    ({"train": {"lr": float("inf")}}, ["train.lr", "inf", "finite"]),
+    ({"data": {"synthetic": {"snr_db": [float("nan"), 30.0]}}}, ["data.synthetic.snr_db[0]", "nan", "finite"]),
+    ({"frontend": {"sample_rate": 8000}}, ["frontend.sample_rate", "data.sample_rate"]),
+    ({"frontend": {"pcen": {"smooth_coef": 0.0}}}, ["frontend.pcen.smooth_coef", "(0, 1]"]),
+    ({"frontend": {"n_filters": 1000}}, ["frontend.n_filters", "[1, 512]"]),
+    ({"frontend": {"groups": 41}}, ["frontend.groups", "n_filters = 40"]),
 ])
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(mapping, names):
     with pytest.raises(LeaflabError) as err:
-        config_from_mapping(mapping)
+        config_from_mapping(repo_params(mapping))
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("params.yaml:")
@@ -75,11 +88,45 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(mapping, names):
         assert name in message, (name, message)
 
 
+def test_every_key_must_be_in_params_yaml(tmp_path):
+    """A knob with only a code default would be invisible to DVC: an empty file or a missing key is refused."""
+    empty = tmp_path / "params.yaml"
+    empty.write_text("")
+    with pytest.raises(LeaflabError, match="params.yaml: empty; it must define data, frontend"):
+        load_config(empty)
+    params = repo_params()
+    del params["train"]["epochs"]
+    with pytest.raises(LeaflabError) as err:
+        config_from_mapping(params)
+    assert str(err.value).startswith("params.yaml: train.epochs: missing; add it (e.g. epochs: 2")
+    params = repo_params()
+    del params["evaluate"]
+    with pytest.raises(LeaflabError, match="params.yaml: evaluate: missing"):
+        config_from_mapping(params)
+
+
+def test_one_frontend_schema_for_params_yaml_and_python():
+    """The variant's config IS a FrontendConfig, with the data's sample rate; the same checks apply in Python."""
+    cfg = config_from_mapping(repo_params({"data": {"sample_rate": 8000}, "frontend": {"max_freq": 3900.0}}))
+    fe = cfg.frontend_config("pcen")
+    assert isinstance(fe, FrontendConfig) and fe.sample_rate == 8000 and fe.max_freq == 3900.0
+    assert fe == FrontendConfig(sample_rate=8000, max_freq=3900.0, compression="pcen")
+    with pytest.raises(LeaflabError, match=r"^frontend\.pcen\.alpha = 1\.5: expected a number in \[0, 1\]$"):
+        Frontend(FrontendConfig(pcen=PCENConfig(alpha=1.5)))
+    with pytest.raises(LeaflabError, match=r"^frontend\.max_freq = 7800\.0: expected at most the Nyquist"):
+        Frontend(FrontendConfig(sample_rate=8000))
+    saved = as_dict(fe)
+    assert FrontendConfig.from_dict(saved) == fe
+    assert FrontendConfig.from_dict({"compression": "tbn"}) == FrontendConfig(compression="tbn")  # older files
+
+
 def test_params_are_read_as_yaml_1_2_like_dvc_writes_them(tmp_path):
     """`dvc exp run -S` rewrites params.yaml with ruamel (YAML 1.2): unquoted yes/no/on/off and 3e-4."""
     params = tmp_path / "params.yaml"
-    params.write_text("data:\n  synthetic:\n    words: [yes, no, on, off, up]\ntrain:\n  lr: 3e-4\n"
-                      "  min_lr: 1e-6\n")
+    text = yaml.safe_dump(repo_params({"data": {"synthetic": {"words": ["WORDS"]}}, "train": {"lr": "LR",
+                                                                                              "min_lr": "MIN"}}))
+    params.write_text(text.replace("- WORDS", "[yes, no, on, off, up]").replace("LR", "3e-4")
+                      .replace("MIN", "1e-6").replace("words:\n", "words: ").replace("'", ""))
     cfg = load_config(params)
     assert cfg.data.synthetic.words == ("yes", "no", "on", "off", "up")
     assert cfg.train.lr == pytest.approx(3e-4) and cfg.train.min_lr == pytest.approx(1e-6)
@@ -98,7 +145,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_a_stage_refuses_bad_params_with_one_line_and_exit_code_1(tmp_path):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = repo_params()
     params["data"]["sample_rate"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run([sys.executable, str(REPO / "stages" / "download.py")], cwd=tmp_path,

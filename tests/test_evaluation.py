@@ -9,6 +9,7 @@ from torch import nn
 
 from leaflab import evaluation
 from leaflab.data import dataset as data
+from conftest import load_stage, repo_params
 
 T_975_DF2 = 4.302652729911275  # Student t quantile 0.975, 2 degrees of freedom (tables)
 T_975_DF3 = 3.182446305284263
@@ -184,7 +185,7 @@ def test_mlflow_metric_keys():
 
 
 # ---- the evaluate and visualize stages on a tiny real model ------------------------------------------------------
-TINY_PARAMS = {
+TINY_PARAMS = repo_params({
     "data": {"sample_rate": 16000, "clip_seconds": 0.375},
     "frontend": {"n_filters": 8, "groups": 2},
     "variants": {"pcen": {"compression": "pcen"}, "tbn": {"filterbank": "mel", "compression": "tbn"}},
@@ -192,7 +193,7 @@ TINY_PARAMS = {
     "train": {"crop_seconds": 0.25, "seeds": [0, 1], "threads": 1},
     "visualize": {"n_examples": 3, "dpi": 50},
     "evaluate": {"batch_size": 4, "throughput_batch_size": 2, "throughput_repeats": 1},
-}
+})
 CLASSES = ["yes", "no", "up"]
 
 
@@ -255,16 +256,6 @@ def tiny_project(tmp_path_factory):
             os.environ["MLFLOW_TRACKING_URI"] = previous
     return root
 
-
-def load_stage(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "stages" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_evaluate_stage_matches_a_direct_computation(tiny_project, monkeypatch):

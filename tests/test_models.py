@@ -10,6 +10,7 @@ from leaflab.config import config_from_mapping
 from leaflab.data import dataset as data
 from leaflab.models import (CompactCNN, EfficientNetB0, KeywordSpotter, build_classifier, build_model,
                             count_parameters, load_trained, save_trained)
+from conftest import repo_params
 from test_training_support import CLASSES, tiny_params, write_prepared
 
 
@@ -39,9 +40,9 @@ def test_efficientnet_b0_is_torchvisions_with_new_stem_and_max_pool_head():
 
 
 def test_build_classifier_selects_by_config():
-    cfg = config_from_mapping({"model": {"classifier": "efficientnet_b0"}})
+    cfg = config_from_mapping(repo_params({"model": {"classifier": "efficientnet_b0"}}))
     assert isinstance(build_classifier(cfg.model, 1, 5), EfficientNetB0)
-    cfg = config_from_mapping({"model": {"classifier": "compact_cnn", "channels": [4, 8], "dropout": 0.0}})
+    cfg = config_from_mapping(repo_params({"model": {"classifier": "compact_cnn", "channels": [4, 8], "dropout": 0.0}}))
     net = build_classifier(cfg.model, 2, 5)
     assert isinstance(net, CompactCNN) and len(net.blocks) == 2
 

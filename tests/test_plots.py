@@ -1,6 +1,5 @@
 """leaflab.plots and the visualize stage's image writer: colour, size, axes, scales — checked on the figures."""
 
-import importlib.util
 from pathlib import Path
 
 import matplotlib.image
@@ -11,6 +10,7 @@ from torch import nn
 
 from leaflab import plots
 from leaflab.errors import LeaflabError
+from conftest import load_stage
 
 REPO = Path(__file__).resolve().parents[1]
 N_FILTERS, N_FRAMES = 12, 51
@@ -201,12 +201,6 @@ class FakeFrontend(nn.Module):
     def parameter_summary(self):
         return {"a_mean": 5.0}
 
-
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_visualize_writes_colour_pngs_for_every_example(tmp_path):

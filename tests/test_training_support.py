@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from conftest import repo_params
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 CLASSES = ["low", "high", "up", "down"]
@@ -59,7 +61,7 @@ def tiny_params(**train_overrides) -> dict:
              "threads": 1, "log_images_every": 2, "seeds": [0], "crop_seconds": CLIP_SECONDS, "device": "cpu"}
     train.update(train_overrides)
     frontend_small = {"n_filters": 16, "max_freq": 3800.0, "min_freq": 60.0, "groups": 4}
-    return {
+    return repo_params({
         "data": {"sample_rate": SAMPLE_RATE, "clip_seconds": CLIP_SECONDS},
         "frontend": frontend_small,
         "variants": {"a": {"filterbank": "efficientleaf", "compression": "pcen"},
@@ -69,7 +71,7 @@ def tiny_params(**train_overrides) -> dict:
         "model": {"classifier": "compact_cnn", "channels": [8, 16], "dropout": 0.1},
         "train": train,
         "tracking": {"experiment": "tests"},
-    }
+    })
 
 
 def make_workdir(tmp: Path, **train_overrides) -> Path:

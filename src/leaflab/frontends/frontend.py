@@ -4,13 +4,12 @@
     y = fe(x)     # x float [B, samples] or [B, 1, samples] → y [B, C, n_filters, frames]
 
 C = fe.out_channels: 1 for PCEN (and TBN without median append), 2 for TBN with median append.
-Frames: 100 per second at hop 10 ms for any sample rate (framing.py). Init is deterministic (REFERENCE.md).
+Frames: 100 per second at hop 10 ms for any sample rate (framing.py). Init is deterministic (docs/frontends.md).
 The frontend knows nothing about files, DVC or MLflow. Inspection helpers return numpy arrays in Hz / ms.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ import torch.nn as nn
 
 from leaflab.errors import LeaflabError
 
+from .config import FrontendConfig, validate_config
 from .efficientleaf import EfficientLeafFilterbank
 from .framing import FrameGrid
 from .gabor import gabor_impulse_responses, mel_init, sigma_to_fwhm_hz
@@ -25,100 +25,6 @@ from .leaf import LeafFilterbank
 from .mel import MelFilterbank, mel_triangles
 from .pcen import PCEN
 from .tbn import LogTBN
-
-FILTERBANKS = ("leaf", "efficientleaf", "mel")
-COMPRESSIONS = ("pcen", "tbn")
-
-
-@dataclass(frozen=True)
-class PCENConfig:
-    """PCEN init values (per band). root = 1/r."""
-
-    alpha: float = 0.96
-    delta: float = 2.0
-    root: float = 2.0
-    smooth_coef: float = 0.04
-    energy_floor: float = 1e-5
-    eps: float = 1e-12
-
-
-@dataclass(frozen=True)
-class TBNConfig:
-    """LogTBN: init of a in log1p(10^a·E), median append, BatchNorm momentum and eps."""
-
-    log_gain: float = 5.0
-    median_append: bool = True
-    momentum: float = 0.1
-    bn_eps: float = 1e-5
-
-
-@dataclass(frozen=True)
-class FrontendConfig:
-    """Mirrors the `frontend` block of params.yaml (sample_rate comes from the data)."""
-
-    filterbank: str = "efficientleaf"
-    compression: str = "pcen"
-    n_filters: int = 40
-    sample_rate: int = 16000
-    window_ms: float = 25.0
-    hop_ms: float = 10.0
-    min_freq: float = 60.0
-    max_freq: float = 7800.0
-    pooling_init: float = 0.4
-    groups: int = 4
-    window_factor: float = 4.75
-    stride_factor: float = 1.0
-    pcen: PCENConfig = field(default_factory=PCENConfig)
-    tbn: TBNConfig = field(default_factory=TBNConfig)
-
-
-def _fail(key: str, value, fix: str) -> LeaflabError:
-    return LeaflabError(f"frontend.{key} = {value!r}: {fix} (FrontendConfig / params.yaml `frontend` block)")
-
-
-def validate_config(cfg: FrontendConfig) -> None:
-    """Raise LeaflabError naming the key, the value and the fix for any invalid setting."""
-    if cfg.filterbank not in FILTERBANKS:
-        raise _fail("filterbank", cfg.filterbank, f"use one of {', '.join(FILTERBANKS)}")
-    if cfg.compression not in COMPRESSIONS:
-        raise _fail("compression", cfg.compression, f"use one of {', '.join(COMPRESSIONS)}")
-    if not isinstance(cfg.n_filters, int) or isinstance(cfg.n_filters, bool) or cfg.n_filters < 1:
-        raise _fail("n_filters", cfg.n_filters, "use an integer >= 1")
-    if not isinstance(cfg.sample_rate, int) or isinstance(cfg.sample_rate, bool) or cfg.sample_rate < 1:
-        raise _fail("sample_rate", cfg.sample_rate, "use a positive integer in Hz")
-    for key in ("window_ms", "hop_ms", "pooling_init", "window_factor", "stride_factor"):
-        value = getattr(cfg, key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-            raise _fail(key, value, "use a finite number > 0")
-    if cfg.window_ms * cfg.sample_rate / 1000 < 3:
-        raise _fail("window_ms", cfg.window_ms, f"use a window of at least 3 samples at {cfg.sample_rate} Hz")
-    if cfg.hop_ms * cfg.sample_rate / 1000 < 1:
-        raise _fail("hop_ms", cfg.hop_ms, f"use a hop of at least 1 sample at {cfg.sample_rate} Hz")
-    if not 0 <= cfg.min_freq < cfg.max_freq:
-        raise _fail("min_freq", cfg.min_freq, f"use 0 <= min_freq < max_freq = {cfg.max_freq}")
-    if cfg.max_freq > cfg.sample_rate / 2:
-        raise _fail("max_freq", cfg.max_freq, f"use at most the Nyquist frequency {cfg.sample_rate / 2} Hz")
-    if not isinstance(cfg.groups, int) or isinstance(cfg.groups, bool) or not 1 <= cfg.groups <= cfg.n_filters:
-        raise _fail("groups", cfg.groups, f"use an integer from 1 to n_filters = {cfg.n_filters}")
-    p = cfg.pcen
-    if not isinstance(p, PCENConfig):
-        raise _fail("pcen", p, "use a PCENConfig")
-    checks = [("alpha", p.alpha <= 1, "use alpha <= 1"), ("delta", p.delta >= 0, "use delta >= 0"),
-              ("root", p.root >= 1, "use root (= 1/r) >= 1"),
-              ("smooth_coef", 0 <= p.smooth_coef <= 1, "use 0 <= smooth_coef <= 1"),
-              ("energy_floor", p.energy_floor > 0, "use energy_floor > 0"), ("eps", p.eps > 0, "use eps > 0")]
-    for key, ok, fix in checks:
-        if not ok:
-            raise _fail(f"pcen.{key}", getattr(p, key), fix)
-    t = cfg.tbn
-    if not isinstance(t, TBNConfig):
-        raise _fail("tbn", t, "use a TBNConfig")
-    if not 0 <= t.momentum <= 1:
-        raise _fail("tbn.momentum", t.momentum, "use 0 <= momentum <= 1")
-    if not t.bn_eps > 0:
-        raise _fail("tbn.bn_eps", t.bn_eps, "use bn_eps > 0")
-    if not math.isfinite(t.log_gain):
-        raise _fail("tbn.log_gain", t.log_gain, "use a finite number")
 
 
 class Frontend(nn.Module):

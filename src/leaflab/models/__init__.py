@@ -60,26 +60,16 @@ def count_parameters(module: nn.Module) -> int:
 
 # ---- saving / loading ----------------------------------------------------------------------------------------
 def frontend_config_to_dict(frontend_config) -> dict:
-    return dataclasses.asdict(frontend_config)
+    from leaflab.schema import as_dict
+
+    return as_dict(frontend_config)
 
 
 def frontend_config_from_dict(data: Mapping[str, Any]):
-    """Rebuild a leaflab.frontends.FrontendConfig (nested config dataclasses included) from its dict."""
+    """Rebuild a leaflab.frontends.FrontendConfig from its dict (keys it lacks take their defaults)."""
     from leaflab.frontends import FrontendConfig
 
-    values = {}
-    defaults = FrontendConfig()
-    for f in dataclasses.fields(FrontendConfig):
-        if f.name not in data:
-            continue
-        default = getattr(defaults, f.name)
-        value = data[f.name]
-        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
-            value = type(default)(**value)
-        elif isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        values[f.name] = value
-    return FrontendConfig(**values)
+    return FrontendConfig.from_dict(dict(data), "model file frontend_config")
 
 
 def save_trained(path: str | Path, model: KeywordSpotter, *, frontend_config, model_config, classes: list[str],
@@ -114,7 +104,7 @@ def load_trained(path: str | Path) -> tuple[KeywordSpotter, dict]:
 
 def _plain(model_config) -> dict:
     if dataclasses.is_dataclass(model_config):
-        from leaflab.config import as_dict
+        from leaflab.schema import as_dict
 
         return as_dict(model_config)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model_config).items()}

@@ -1,0 +1,93 @@
+"""FrontendConfig: the one schema of a frontend — the `frontend` block of params.yaml, a variant's overrides
+merged into it, the config saved in a model file, and what `Frontend(...)` takes in Python.
+
+The defaults are the papers' (LEAF, EfficientLEAF): 40 filters over 60–7800 Hz, 25 ms windows, 10 ms hop,
+PCEN s = 0.04, α = 0.96, δ = 2, r = 1/2, TBN log1p(10^5·E) with the median-subtracted copy appended.
+params.yaml restates every one of them (DVC only sees what is written there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from leaflab.schema import (at_least, build, fraction, in_range, non_negative, one_of, positive,
+                            raise_first_problem, setting)
+
+FILTERBANKS = ("leaf", "efficientleaf", "mel")
+COMPRESSIONS = ("pcen", "tbn")
+
+
+@dataclass(frozen=True)
+class PCENConfig:
+    """Initial per-band values of PCEN; root = 1/r."""
+
+    alpha: float = setting(0.96, in_range(0, 1), "gain-normalisation exponent α")
+    delta: float = setting(2.0, non_negative, "offset δ before the root")
+    root: float = setting(2.0, at_least(1, "(root = 1/r, r <= 1)"), "1/r of the root compression")
+    smooth_coef: float = setting(0.04, in_range(0, 1, low_open=True), "smoother coefficient s")
+    energy_floor: float = setting(1.0e-5, positive, "energies are clamped to at least this")
+    eps: float = setting(1.0e-12, positive, "ε in E / (ε + M)^α")
+
+
+@dataclass(frozen=True)
+class TBNConfig:
+    """LogTBN: initial a in log1p(10^a·E), median append, BatchNorm momentum and eps."""
+
+    log_gain: float = setting(5.0, doc="initial a in log1p(10^a · E)")
+    median_append: bool = setting(True, doc="append L − median_t(L) as a second channel")
+    momentum: float = setting(0.1, fraction, "BatchNorm running-statistics momentum")
+    bn_eps: float = setting(1.0e-5, positive, "BatchNorm eps")
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """A frontend: filterbank + compression and their initial values. sample_rate comes from data.sample_rate
+    when read from params.yaml."""
+
+    filterbank: str = setting("efficientleaf", one_of(*FILTERBANKS))
+    compression: str = setting("pcen", one_of(*COMPRESSIONS))
+    n_filters: int = setting(40, in_range(1, 512), "number of bands")
+    sample_rate: int = setting(16000, in_range(1000, 192000, "Hz"))
+    window_ms: float = setting(25.0, in_range(1, 200, "ms"), "filter and pooling window")
+    hop_ms: float = setting(10.0, in_range(1, 100, "ms"), "frame hop (100 frames/s at 10 ms)")
+    min_freq: float = setting(60.0, non_negative, "lowest centre of the mel init, Hz")
+    max_freq: float = setting(7800.0, positive, "highest centre of the mel init, Hz")
+    pooling_init: float = setting(0.4, in_range(0, 0.5, low_open=True), "initial Gaussian pooling width ρ")
+    groups: int = setting(4, at_least(1), "EfficientLEAF: filter groups")
+    window_factor: float = setting(4.75, positive, "EfficientLEAF: kernel size = window_factor · max σ of a group")
+    stride_factor: float = setting(1.0, positive, "EfficientLEAF: stride multiplier (16 in the 8G-opt set-up)")
+    pcen: PCENConfig = setting(PCENConfig())
+    tbn: TBNConfig = setting(TBNConfig())
+
+    def problems(self) -> Iterator[tuple[str, object, str]]:
+        """Checks across fields: (key, value, what is allowed)."""
+        nyquist = self.sample_rate / 2
+        if self.window_ms * self.sample_rate / 1000 < 3:
+            yield "window_ms", self.window_ms, f"a window of at least 3 samples at {self.sample_rate} Hz"
+        if self.hop_ms * self.sample_rate / 1000 < 1:
+            yield "hop_ms", self.hop_ms, f"a hop of at least 1 sample at {self.sample_rate} Hz"
+        if self.hop_ms > self.window_ms:
+            yield "hop_ms", self.hop_ms, f"at most window_ms = {self.window_ms}"
+        if self.max_freq > nyquist:
+            yield "max_freq", self.max_freq, (f"at most the Nyquist frequency {nyquist:g} Hz of the sample rate "
+                                              f"{self.sample_rate} Hz")
+        if self.min_freq >= self.max_freq:
+            yield "min_freq", self.min_freq, f"a frequency below max_freq = {self.max_freq}"
+        if self.groups > self.n_filters:
+            yield "groups", self.groups, f"at most n_filters = {self.n_filters}"
+
+    @classmethod
+    def from_dict(cls, mapping: dict, where: str = "frontend") -> "FrontendConfig":
+        """Build and check from plain data (a model file's saved config; missing keys take the defaults)."""
+        return build(cls, mapping, where)
+
+
+def validate_config(cfg: FrontendConfig, where: str = "frontend") -> None:
+    """LeaflabError naming the first invalid setting of a FrontendConfig made in code."""
+    if not isinstance(cfg, FrontendConfig):
+        raise TypeError(f"expected a FrontendConfig, got {type(cfg).__name__}")
+    raise_first_problem(cfg, where)
+
+
+__all__ = ["FrontendConfig", "PCENConfig", "TBNConfig", "FILTERBANKS", "COMPRESSIONS", "validate_config"]
