@@ -42,15 +42,6 @@ def project(tmp_path, monkeypatch, empty_store_db):
     return tmp_path
 
 
-def log_run(variant: str, seed: int, accuracy: float, status: str = "FINISHED", **tags) -> str:
-    run = tracking.start_run("kws", variant, {"variant": variant, "seed": str(seed), **tags})
-    run.log_metrics({"val_accuracy": accuracy - 0.05, "val_loss": 1.0}, step=0)
-    run.log_metrics({"test_accuracy": accuracy, "infer_clips_per_s_model": 1234.0, "params_total": 98765.0}, step=1)
-    run.finish(status)
-    time.sleep(0.01)
-    return run.run_id
-
-
 def invoke(*args):
     return CliRunner().invoke(app, list(args))
 
@@ -78,36 +69,6 @@ def test_info_names_variants_and_the_store(project):
     assert result.exit_code == 0, result.output
     assert "efficientleaf" in result.stdout and "mel" in result.stdout
     assert f"sqlite:///{project / 'mlflow.db'}" in result.stdout and "kws" in result.stdout
-
-
-def test_compare_prints_both_variants_with_their_accuracies(project):
-    log_run("pcen", 0, 0.61)                       # superseded by the next pcen seed-0 run
-    log_run("pcen", 0, 0.75)
-    log_run("pcen", 1, 0.77)
-    log_run("tbn", 0, 0.8125)
-    log_run("tbn", 0, 0.99, status="FAILED")      # not FINISHED: left out by default
-    result = invoke("compare")
-    assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
-    pcen = next(line for line in lines if "│ pcen" in line)
-    tbn = next(line for line in lines if "│ tbn" in line)
-    assert "0.760 ± 0.127" in pcen  # mean of 0.75, 0.77; t(0.975, 1) = 12.706 · 0.01414 / √2
-    assert " 2 " in pcen and "1234" in pcen and "98,765" in pcen
-    assert "0.812" in tbn and "0.990" not in result.stdout and "0.610" not in result.stdout
-
-    every = invoke("compare", "--all")
-    assert every.exit_code == 0 and sum(line.startswith("│ pcen ") for line in every.stdout.splitlines()) == 3 and "FAILED" in every.stdout
-    filtered = invoke("compare", "--filter", "metrics.test_accuracy > 0.8")
-    assert filtered.exit_code == 0
-    assert "0.812" in filtered.stdout and "0.990" in filtered.stdout and "│ pcen " not in filtered.stdout
-
-
-def test_compare_errors(project):
-    result = invoke("compare")
-    assert result.exit_code == 1 and result.stderr.startswith("error: no runs with a `variant` tag")
-    assert result.stderr.count("\n") == 1
-    result = invoke("compare", "--filter", "what is this")
-    assert result.exit_code == 1 and "filter" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_ui_command_serves_the_store_and_its_file_artifacts(tmp_path):

@@ -10,7 +10,6 @@ from torch import nn
 
 from leaflab import plots
 from leaflab.errors import LeaflabError
-from conftest import load_stage
 
 REPO = Path(__file__).resolve().parents[1]
 N_FILTERS, N_FRAMES = 12, 51
@@ -142,17 +141,23 @@ def test_confusion_matrix_figure_shows_the_counts():
 
 
 def test_comparison_figure_renders_all_panels():
-    rows = [{"variant": "pcen", "test_accuracy_mean": 0.8, "test_accuracy_ci_low": 0.75, "test_accuracy_ci_high": 0.85,
-             "train_samples_per_s": 300.0, "infer_clips_per_s_model": 900.0, "params_total": 1e5},
-            {"variant": "tbn", "test_accuracy_mean": 0.7, "test_accuracy_ci_low": None, "test_accuracy_ci_high": None,
-             "train_samples_per_s": None, "infer_clips_per_s_model": 800.0, "params_total": 1.1e5}]
-    curves = {"pcen": {"val_accuracy": [(0, 0.5), (1, 0.7)], "val_loss": [(0, 1.2), (1, 0.9)]},
-              "tbn": {"val_accuracy": [(0, 0.4), (1, 0.6)], "val_loss": []}}
-    figure = plots.comparison_figure(rows, curves)
+    variant = {"seeds": ["0", "1", "2"], "test_accuracy": {"mean": 0.8, "ci95": [0.75, 0.85],
+                                                          "per_seed": {"0": 0.78, "1": 0.8, "2": 0.82}},
+               "robustness": {"gain_db": {"-40": 0.5, "0": 0.8}, "snr_db": {"10": 0.6}, "rt60_s": {"0.3": 0.7}},
+               "macs_per_clip": {"frontend": 7.6e7, "classifier": 3e7},
+               "curves": {"val_accuracy": [[1, 0.5], [2, 0.7]]}}
+    single = {**variant, "seeds": ["0"], "test_accuracy": {"mean": 0.7, "ci95": None, "per_seed": {"0": 0.7}},
+              "macs_per_clip": {"frontend": 7.5e7, "classifier": 3e7}}
+    figure = plots.comparison_figure({"variants": {"pcen": variant, "tbn": single}, "verdict": ["tbn − pcen: …"]})
     assert len(figure.axes) == 6
-    assert [p.get_height() for p in figure.axes[0].patches] == pytest.approx([0.8, 0.7])
-    assert len(figure.axes[1].lines) == 2
-    assert "n/a" in [t.get_text() for t in figure.axes[3].texts]
+    accuracy, cost, curves, gain, snr, reverb = figure.axes
+    assert [c.get_offsets().shape[0] for c in accuracy.collections[:1]] == [3]  # the seeds as dots
+    assert [t.get_text() for t in accuracy.get_xticklabels()] == ["pcen", "tbn"]
+    assert cost.get_xscale() == "log" and cost.get_xlim()[0] < 75 / 3 + 1 and cost.get_xlim()[1] > 76 * 3 - 1
+    assert len(curves.lines) == 2 and len(gain.lines) == 2
+    assert list(gain.lines[0].get_xdata()) == [-40.0, 0.0] and list(gain.lines[0].get_ydata()) == [0.5, 0.8]
+    assert "SNR" in snr.get_xlabel() and "RT60" in reverb.get_xlabel()
+    assert figure._suptitle.get_text() == "tbn − pcen: …"
 
 
 # ---- the visualize stage's writer, on a stand-in frontend with the real API ------------------------------------
@@ -204,7 +209,8 @@ class FakeFrontend(nn.Module):
 
 
 def test_visualize_writes_colour_pngs_for_every_example(tmp_path):
-    visualize = load_stage("visualize")
+    from leaflab.pipeline import visualize
+
     rng = np.random.default_rng(2)
     waves = (rng.normal(scale=0.1, size=(2, 8000)) * np.hanning(8000)).astype(np.float32)
     written, numbers = visualize.write_images(FakeFrontend(), waves, waves * 3, ["yes", "off/on"], 16000, tmp_path,

@@ -41,7 +41,7 @@ def test_local_store_lives_at_the_root(local_store):
 
 
 def test_image_steps_and_metric_steps_are_read_back(local_store):
-    run = tracking.start_run("tests", "r", tracking.run_tags("r", 0, "h"))
+    run = tracking.start_run("tests", "r", {"variant": "r", "seed": "0", "params_hash": "h"})
     image = np.zeros((8, 8, 3), dtype=np.uint8)
     for step in (0, 3):
         run.log_image_step(image, key="frontend", step=step)
@@ -54,7 +54,28 @@ def test_image_steps_and_metric_steps_are_read_back(local_store):
     run.log_params({"a": 1})
     run.log_params({"a": 1, "b": [1, 2]})  # params are write-once: re-logging on resume is a no-op
     assert tracking.open_run(run.run_id).client.get_run(run.run_id).data.params == {"a": "1", "b": "[1, 2]"}
-    run.finish()
-    assert run.status() == "FINISHED"
+    assert run.next_step("m") == 2 and run.next_step("never") == 0 and run.has_metrics()
+    run.check_identity("r", 0, "h")
+    with pytest.raises(LeaflabError, match="is not the training of r seed 1: its tags say seed='0' where seed='1' "):
+        run.check_identity("r", 1, "h")
+    run.finish("KILLED", reason="superseded")
+    assert run.status() == "KILLED" and run.tags()["leaflab.end_reason"] == "superseded"
     with pytest.raises(LeaflabError, match="not found"):
         tracking.open_run("0" * 32)
+    assert tracking.find_run("0" * 32) is None and tracking.find_run(run.run_id).run_id == run.run_id
+
+
+def test_runs_carry_mlflows_own_context_tags(local_store, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-low")
+    run = tracking.start_run("tests", "r", {"variant": "r"})
+    tags = run.tags()
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+    assert tags["dvc_exp_name"] == "lr-low" and tags["variant"] == "r"
+
+
+def test_a_dataset_input_carries_dvcs_digest(local_store):
+    run = tracking.start_run("tests", "r", {})
+    run.log_dataset("prepared", "a" * 32, "/data/prepared", "training")
+    (dataset_input,) = run.client.get_run(run.run_id).inputs.dataset_inputs
+    assert dataset_input.dataset.digest == "a" * 32 and dataset_input.dataset.name == "prepared"
+    assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "training"}

@@ -13,6 +13,8 @@ from leaflab import tracking, training
 from leaflab.config import flatten, load_config
 from leaflab.errors import LeaflabError
 from leaflab.frontends import Frontend
+from leaflab.layout import Layout
+from leaflab.models import KeywordSpotter
 from test_training_support import comparable, make_workdir, tiny_params, write_params
 
 
@@ -30,8 +32,7 @@ def run_training(variant: str = "a", seed: int = 0, **overrides) -> tuple[traini
         write_params(Path.cwd(), tiny_params(**overrides))
     cfg = load_config("params.yaml")
     lines: list[str] = []
-    return training.train(cfg, variant, seed, prepared_dir="data/prepared", checkpoint_root=".",
-                          say=lines.append), lines
+    return training.train(cfg, variant, seed, layout=Layout(), say=lines.append), lines
 
 
 def test_same_params_and_seed_give_identical_histories_and_mlflow_stores_everything(workdir):
@@ -55,9 +56,15 @@ def test_same_params_and_seed_give_identical_histories_and_mlflow_stores_everyth
     client = tracking.client()
     stored = client.get_run(first.run_id)
     assert stored.info.run_name == "a" and stored.info.status == "FINISHED"
-    assert stored.data.params == {k: tracking._param_text(v) for k, v in flatten(cfg.variant_params("a")).items()}
+    expected = {k: tracking._param_text(v) for k, v in flatten(cfg.variant_params("a")).items()}
+    assert stored.data.params == {**expected, "seed": "0"}
     tags = stored.data.tags
     assert tags["variant"] == "a" and tags["seed"] == "0" and tags["params_hash"] == cfg.variant_params_hash("a")
+    assert tags["params_hash_shared"] == cfg.shared_params_hash() and tags["leaflab.kind"] == "training"
+    assert tags["device"] == "cpu" and tags["threads"] == "1" and tags["torch_version"] == torch.__version__
+    assert tags["host"] and tags["cpu"]
+    # MLflow's own context providers: who and what started the run
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
     for key in [*training.EPOCH_METRICS, *(k for k in first.history[0] if k.startswith("frontend/"))]:
         steps = [m.step for m in client.get_metric_history(first.run_id, key)]
         assert sorted(steps) == list(range(epochs)), key
@@ -75,37 +82,44 @@ def test_checkpoints_hold_everything_to_resume(workdir):
     last = torch.load(workdir / "checkpoints/t/seed-0/last.pt", weights_only=True)
     assert last["epoch"] == 1 and last["run_id"] == result.run_id
     assert last["params_hash"] == load_config().variant_params_hash("t")
-    assert {"model", "optimizer", "scheduler", "rng", "history", "metrics", "loop"} <= set(last)
+    assert {"model", "optimizer", "scheduler", "rng", "state", "code"} <= set(last)
     assert {"torch", "numpy", "python", "loader"} <= set(last["rng"])
-    assert last["metrics"] == result.history[-1]
+    assert last["state"]["history"] == result.history and last["state"]["stop_reason"] == "reached train.epochs = 2"
     best = torch.load(workdir / "checkpoints/t/seed-0/best.pt", weights_only=True)
     assert best["epoch"] == result.best_epoch
 
 
-def test_a_non_finite_loss_is_skipped_and_counted(workdir, monkeypatch):
-    real_loss, calls = training.compute_loss, {"n": 0}
+def nan_logits_on_training_calls(monkeypatch, calls_with_nan):
+    """Fault injection: the model returns NaN logits on the given training forward passes (1-based)."""
+    real_forward, calls = KeywordSpotter.forward, {"n": 0}
 
-    def sometimes_nan(logits, labels):
+    def forward(self, x):
+        logits = real_forward(self, x)
+        if not self.training:
+            return logits
         calls["n"] += 1
-        loss = real_loss(logits, labels)
-        return loss * float("nan") if calls["n"] in (2, 3) else loss
+        return logits * float("nan") if calls_with_nan(calls["n"]) else logits
 
-    monkeypatch.setattr(training, "compute_loss", sometimes_nan)
+    monkeypatch.setattr(KeywordSpotter, "forward", forward)
+
+
+def test_a_non_finite_loss_is_skipped_and_counted(workdir, monkeypatch):
+    nan_logits_on_training_calls(monkeypatch, lambda n: n in (2, 3))
     result, _ = run_training("t", epochs=2)
     assert result.history[0]["nonfinite_steps"] == 2 and result.history[1]["nonfinite_steps"] == 0
     assert all(np.isfinite(v) for row in result.history for v in row.values())
 
 
 def test_too_many_non_finite_losses_in_a_row_stop_the_run(workdir, monkeypatch):
-    monkeypatch.setattr(training, "compute_loss", lambda logits, labels: logits.sum() * float("nan"))
-    with pytest.raises(LeaflabError, match=r"5 times in a row \(epoch 0, step 4\)"):
+    nan_logits_on_training_calls(monkeypatch, lambda n: True)
+    with pytest.raises(LeaflabError, match=r"5 times in a row \(epoch 1, step 5\)"):
         run_training("a")
     (run,) = tracking.search_runs("tests")
     assert run.info.status == "FAILED"
 
 
 def test_training_stops_when_the_lr_falls_below_min_lr(workdir, monkeypatch):
-    monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: (1.0, 0.25))  # never improves
+    monkeypatch.setattr(training, "validate", lambda *args, **kwargs: (1.0, 0.25))  # never improves
     result, lines = run_training("a", epochs=6, lr=3.0e-3, min_lr=1.0e-3, lr_patience=0, lr_factor=0.1)
     assert len(result.history) == 2  # epoch 1 did not improve: lr 3e-3 → 3e-4 < 1e-3
     assert [row["lr"] for row in result.history] == pytest.approx([3.0e-3, 3.0e-3])

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from leaflab import tracking
+from leaflab.config import load_config
 from leaflab.models import load_trained
 from test_training_support import (PYTHON, comparable, free_port, make_workdir, run_stage, stage_env, tiny_params,
                                    write_params)
@@ -38,24 +39,57 @@ def checkpoint_epoch(path) -> int:
         return -1
 
 
+def kill_inside(workdir, variant: str, target: str, condition: str) -> subprocess.CompletedProcess:
+    """Fault injection from the test: run the train stage with `target` (a function of leaflab.training, e.g.
+    "EpochLogger.log_epoch") replaced by one that SIGKILLs the process when `condition` (on its arguments
+    `args`) holds, and otherwise calls the original."""
+    owner, name = target.rsplit(".", 1) if "." in target else ("", target)
+    script = workdir / "killed_stage.py"
+    script.write_text(f"""
+import os, runpy, signal, sys
+from leaflab import training
+owner = training.{owner} if "{owner}" else training
+real = getattr(owner, "{name}")
+def patched(*args, **kwargs):
+    if {condition}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+setattr(owner, "{name}", patched)
+sys.argv = ["stages/train.py", "{variant}"]
+runpy.run_path("stages/train.py", run_name="__main__")
+""")
+    return subprocess.run([PYTHON, str(script)], cwd=workdir, env=stage_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def final_epoch(history_csv) -> dict[str, float]:
+    header, *rows = history_csv.read_text().strip().splitlines()
+    return dict(zip(header.split(","), map(float, rows[-1].split(","))))
+
+
+def run_info(workdir, variant: str) -> dict:
+    return json.loads((workdir / f"runs/{variant}/mlflow_run.json").read_text())
+
+
 def test_stage_writes_its_outputs_and_finishes_the_run(workdir):
     done = run_stage(workdir, "t")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     out = workdir / "runs" / "t"
-    info = json.loads((out / "mlflow_run.json").read_text())
-    assert info["variant"] == "t" and info["runs"] == [{"seed": 0, "run_id": info["run_id"],
-                                                        "model": "runs/t/model.pt"}]
+    info = run_info(workdir, "t")
+    (entry,) = info["runs"]
+    assert info["variant"] == "t" and entry["seed"] == 0 and entry["model"] == "runs/t/seed-0/model.pt"
+    assert info["params_hash"] == load_config().variant_params_hash("t")
     metrics = json.loads((workdir / "reports/t/train_metrics.json").read_text())
-    assert metrics["epochs"] == 4 and set(metrics["seeds"]) == {"0"} and 0 <= metrics["val_accuracy"] <= 1
+    assert metrics["epochs"] == 4 and metrics["seeds"] == 1 and 0 <= metrics["val_accuracy"] <= 1
     rows = (workdir / "reports/t/history.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("epoch,train_loss") and len(rows) == 1 + 4
-    model, meta = load_trained(out / "model.pt")
-    assert meta["variant"] == "t" and meta["crop_samples"] == 2000 and meta["run_id"] == info["run_id"]
+    assert rows[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,samples_per_s" and len(rows) == 5
+    model, meta = load_trained(out / "seed-0" / "model.pt")
+    assert meta["variant"] == "t" and meta["crop_samples"] == 2000 and meta["run_id"] == entry["run_id"]
     assert model.frontend.out_channels == 2
-    run = tracking.client().get_run(info["run_id"])
+    run = tracking.client().get_run(entry["run_id"])
     assert run.info.status == "FINISHED"
-    assert metrics["val_loss"] == pytest.approx(history_of(info["run_id"])["val_loss"][-1][1])
+    assert metrics["val_loss"] == pytest.approx(history_of(entry["run_id"])["val_loss"][-1][1])
     assert (workdir / "checkpoints/t/seed-0/last.pt").is_file()
     assert "epoch 4/4" in done.stdout
 
@@ -65,13 +99,20 @@ def test_stage_with_several_seeds_writes_one_model_and_run_per_seed(workdir):
     write_params(workdir, params)
     done = run_stage(workdir, "a")
     assert done.returncode == 0, done.stderr
-    info = json.loads((workdir / "runs/a/mlflow_run.json").read_text())
+    info = run_info(workdir, "a")
     assert [r["seed"] for r in info["runs"]] == [0, 1]
-    assert info["runs"][1]["model"] == "runs/a/model-seed1.pt" and (workdir / "runs/a/model-seed1.pt").is_file()
+    assert info["runs"][1]["model"] == "runs/a/seed-1/model.pt"
     names = {tracking.client().get_run(r["run_id"]).info.run_name for r in info["runs"]}
     assert names == {"a-seed0", "a-seed1"}
-    assert load_trained(workdir / "runs/a/model-seed1.pt")[1]["seed"] == 1
-    assert (workdir / "runs/a/history-seed1.csv").is_file() and (workdir / "reports/a/history.csv").is_file()
+    assert load_trained(workdir / "runs/a/seed-1/model.pt")[1]["seed"] == 1
+    per_seed = (workdir / "reports/a/history_per_seed.csv").read_text().strip().splitlines()
+    assert per_seed[0].startswith("seed,epoch,") and [row.split(",")[:2] for row in per_seed[1:]] == [
+        ["0", "1"], ["0", "2"], ["1", "1"], ["1", "2"]]
+    # history.csv holds the mean over seeds at each epoch
+    mean = [float(row.split(",")[4]) for row in (workdir / "reports/a/history.csv").read_text().splitlines()[1:]]
+    vals = {(row.split(",")[0], row.split(",")[1]): float(row.split(",")[5]) for row in per_seed[1:]}
+    assert mean == pytest.approx([(vals["0", "1"] + vals["1", "1"]) / 2, (vals["0", "2"] + vals["1", "2"]) / 2],
+                                 rel=1e-5)
 
 
 def test_missing_prepared_data_is_one_line_and_exit_1(workdir):
@@ -102,11 +143,11 @@ def test_sigkill_at_any_moment_resumes_in_the_same_run_with_the_same_result(work
     write_params(workdir, tiny_params(epochs=6))
     reference = run_stage(workdir, "b")  # uninterrupted; variant b is a's twin
     assert reference.returncode == 0, reference.stderr
-    ref_run = json.loads((workdir / "runs/b/mlflow_run.json").read_text())["run_id"]
+    ref_run = run_info(workdir, "b")["runs"][0]["run_id"]
 
-    # 1) SIGKILL right after epoch 1's checkpoint, before epoch 1 reached MLflow
-    killed = run_stage(workdir, "a", env=stage_env({"LEAFLAB_TEST_SIGKILL": "after_checkpoint:1"}))
-    assert killed.returncode == -signal.SIGKILL
+    # 1) SIGKILL right after epoch 2's checkpoint, before epoch 2 reached MLflow
+    killed = kill_inside(workdir, "a", "EpochLogger.log_epoch", "args[1] == 1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     (run,) = [r for r in tracking.search_runs("tests") if r.info.run_name == "a"]
     assert run.info.status == "RUNNING"
     assert [m.step for m in tracking.client().get_metric_history(run.info.run_id, "val_loss")] == [0]
@@ -121,15 +162,14 @@ def test_sigkill_at_any_moment_resumes_in_the_same_run_with_the_same_result(work
     process.send_signal(signal.SIGKILL)
     stdout, _ = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    assert "resuming after epoch 1" in stdout  # the last complete epoch
+    assert "resuming after epoch 2" in stdout  # the last complete epoch
     assert checkpoint_epoch(last) < 5  # it was killed before the end
 
     # 3) run again: finishes in the same run, every step once, the same numbers as the uninterrupted run
     resumed = run_stage(workdir, "a")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch" in resumed.stdout
-    info = json.loads((workdir / "runs/a/mlflow_run.json").read_text())
-    assert info["run_id"] == run.info.run_id
+    assert run_info(workdir, "a")["runs"][0]["run_id"] == run.info.run_id
     assert tracking.client().get_run(run.info.run_id).info.status == "FINISHED"
     client = tracking.client()
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "samples_per_s",
@@ -138,27 +178,75 @@ def test_sigkill_at_any_moment_resumes_in_the_same_run_with_the_same_result(work
     assert history_of(run.info.run_id) == history_of(ref_run)
     a_metrics = json.loads((workdir / "reports/a/train_metrics.json").read_text())
     b_metrics = json.loads((workdir / "reports/b/train_metrics.json").read_text())
-    assert comparable([a_metrics["seeds"]["0"]]) == comparable([b_metrics["seeds"]["0"]])
+    assert {k: v for k, v in a_metrics.items() if k != "train_samples_per_s"} == \
+        {k: v for k, v in b_metrics.items() if k != "train_samples_per_s"}
     assert len(tracking.open_run(run.info.run_id).logged_image_steps("frontend")) == 4  # 0, 2, 4, 5 once each
     images = [p for p in tracking.open_run(run.info.run_id).list_artifacts("images") if not p.endswith(".webp")]
     assert len(images) == 4
 
 
 @pytest.mark.slow
-def test_a_checkpoint_from_other_params_is_never_resumed(workdir):
+def test_a_checkpoint_from_other_params_is_never_resumed_and_its_run_is_closed(workdir):
     write_params(workdir, tiny_params(epochs=2))
-    killed = run_stage(workdir, "a", env=stage_env({"LEAFLAB_TEST_SIGKILL": "after_checkpoint:0"}))
+    killed = kill_inside(workdir, "a", "EpochLogger.log_epoch", "args[1] == 0")
     assert killed.returncode == -signal.SIGKILL
     (old,) = tracking.search_runs("tests")
     write_params(workdir, tiny_params(epochs=2, lr=2.0e-3))
     again = run_stage(workdir, "a")
     assert again.returncode == 0, again.stderr
     notes = [line for line in again.stdout.splitlines() if "other params" in line]
-    assert len(notes) == 1 and "starting fresh" in notes[0]
-    info = json.loads((workdir / "runs/a/mlflow_run.json").read_text())
-    assert info["run_id"] != old.info.run_id
-    assert sorted(m.step for m in tracking.client().get_metric_history(info["run_id"], "val_loss")) == [0, 1]
-    assert tracking.client().get_run(old.info.run_id).info.status == "RUNNING"  # the killed run is left alone
+    assert len(notes) == 1 and "starting from scratch" in notes[0]
+    new_run = run_info(workdir, "a")["runs"][0]["run_id"]
+    assert new_run != old.info.run_id
+    assert sorted(m.step for m in tracking.client().get_metric_history(new_run, "val_loss")) == [0, 1]
+    closed = tracking.client().get_run(old.info.run_id)
+    assert closed.info.status == "KILLED" and "superseded" in closed.data.tags["leaflab.end_reason"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_is_reused_not_left_running(workdir):
+    write_params(workdir, tiny_params(epochs=2))
+    killed = kill_inside(workdir, "a", "Checkpointer.save", "True")
+    assert killed.returncode == -signal.SIGKILL
+    (orphan,) = tracking.search_runs("tests")
+    assert orphan.info.status == "RUNNING" and not orphan.data.metrics
+    again = run_stage(workdir, "a")
+    assert again.returncode == 0, again.stderr
+    assert f"reusing MLflow run {orphan.info.run_id}, killed before its first epoch" in again.stdout
+    (run,) = tracking.search_runs("tests")
+    assert run.info.run_id == orphan.info.run_id and run.info.status == "FINISHED"
+    assert sorted(m.step for m in tracking.client().get_metric_history(run.info.run_id, "val_loss")) == [0, 1]
+
+
+@pytest.mark.slow
+def test_rerunning_a_completed_training_trains_anew_in_a_new_run(workdir):
+    """What `dvc repro -f train@V` means: run it again (only an interrupted training resumes)."""
+    write_params(workdir, tiny_params(epochs=2))
+    first = run_stage(workdir, "a")
+    assert first.returncode == 0, first.stderr
+    first_run = run_info(workdir, "a")["runs"][0]["run_id"]
+    again = run_stage(workdir, "a")
+    assert again.returncode == 0, again.stderr
+    assert "was complete; training anew in a new run" in again.stdout and "epoch 2/2" in again.stdout
+    second_run = run_info(workdir, "a")["runs"][0]["run_id"]
+    assert second_run != first_run
+    statuses = {r.info.run_id: r.info.status for r in tracking.search_runs("tests")}
+    assert statuses == {first_run: "FINISHED", second_run: "FINISHED"}
+    # the same params and seed: the same numbers
+    assert history_of(second_run) == history_of(first_run)
+
+
+def test_a_truncated_checkpoint_is_reported_in_one_line_and_training_starts_from_scratch(workdir):
+    write_params(workdir, tiny_params(epochs=1))
+    last = workdir / "checkpoints/a/seed-0/last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 truncated")
+    done = run_stage(workdir, "a")
+    assert done.returncode == 0, done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if "checkpoint unreadable" in line]
+    assert line.startswith(f"checkpoint unreadable: checkpoints/a/seed-0/last.pt (") and \
+        line.endswith("; starting from scratch")
+    assert checkpoint_epoch(last) == 0
 
 
 @pytest.mark.slow
@@ -170,14 +258,14 @@ def test_two_processes_with_torchrun_match_one_process(workdir):
     assert single.returncode == 0, single.stderr
     double = run_stage(workdir, "t2", torchrun=2)
     assert double.returncode == 0, double.stdout + double.stderr
-    one = json.loads((workdir / "reports/t/train_metrics.json").read_text())
-    two = json.loads((workdir / "reports/t2/train_metrics.json").read_text())
-    assert two["epochs"] == one["epochs"] == 3
+    one = final_epoch(workdir / "reports/t/history.csv")
+    two = final_epoch(workdir / "reports/t2/history.csv")
+    assert two["epoch"] == one["epoch"] == 3
     for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):  # TBN's BatchNorm included
         assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-4), key
     # rank 0 alone logged: one run for t2, each step once
     runs = [r for r in tracking.search_runs("tests") if r.info.run_name == "t2"]
     assert len(runs) == 1
     assert sorted(m.step for m in tracking.client().get_metric_history(runs[0].info.run_id, "val_loss")) == [0, 1, 2]
-    model, meta = load_trained(workdir / "runs/t2/model.pt")  # GlobalBatchNorm state loads into plain BatchNorm
+    model, meta = load_trained(workdir / "runs/t2/seed-0/model.pt")  # GlobalBatchNorm state loads into plain BatchNorm
     assert meta["variant"] == "t2"

@@ -1,74 +1,120 @@
-"""Training checkpoints: atomic writes, RNG states, and the rule for when a checkpoint may be resumed.
+"""Training checkpoints: what is saved after every epoch, when it may be resumed, and the RNG states.
 
-checkpoints/<variant>/seed-<s>/last.pt  — written after every epoch (the resume point)
-checkpoints/<variant>/seed-<s>/best.pt  — the epoch with the lowest validation loss so far
-They live outside DVC's outputs (DVC deletes a stage's outs before it reruns it) and are git-ignored.
+checkpoints/<variant>/seed-<s>/ (leaflab.layout) holds
+  last.pt   written after every epoch: the resume point
+  best.pt   the epoch with the lowest validation loss so far
+  run.json  the MLflow run of this training, written when the run is created (before the first epoch), so a
+            kill before the first checkpoint leaves a run that the next attempt can reuse or close
+They live outside DVC's outputs (DVC deletes a stage's outputs before it reruns it) and are git-ignored.
 
-A checkpoint holds: model / optimiser / scheduler state dicts, RNG states (torch, numpy, python, the DataLoader
-generator), the epoch just completed, the MLflow run id, the params hash and a code fingerprint, the per-epoch
-metric history so far, and the training state of the loop (best validation loss, non-finite counter). Only
-tensors and plain Python values are stored, so `torch.load(weights_only=True)` reads it.
+A checkpoint holds the model / optimiser / scheduler state dicts, the RNG states (torch, numpy, python, the
+DataLoader generator), the training state (history, best epoch, …), the MLflow run id, the params hash and a
+code fingerprint. Only tensors and plain values are stored, so `torch.load(weights_only=True)` reads it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 import random
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-CHECKPOINT_FORMAT = 1
+from leaflab.layout import write_bytes, write_json
+
+CHECKPOINT_FORMAT = 2
 # The code a trained model depends on: a change here makes old checkpoints stale even with the same params.
 FINGERPRINTED = ("frontends", "models", "training.py", "checkpoints.py", "distributed.py", "data/dataset.py")
 
 
-def checkpoint_dir(root: str | Path, variant: str, seed: int) -> Path:
-    return Path(root) / "checkpoints" / variant / f"seed-{seed}"
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, os.replace: a reader sees the old or the new file,
-    never a partial one (SIGKILL included)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    """torch.save, atomically: a reader sees the old or the new file, never a partial one (SIGKILL included)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(Path(path), buffer.getvalue())
+
+
+class Checkpointer:
+    """The checkpoints of one (variant, seed) training: save, load what may be resumed, remember its run."""
+
+    def __init__(self, folder: Path, params_hash: str, code: str, say: Callable[[str], None] = print):
+        self.folder, self.params_hash, self.code, self.say = Path(folder), params_hash, code, say
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pt"
+
+    @property
+    def run_marker(self) -> Path:
+        return self.folder / "run.json"
+
+    def save(self, snapshot: dict, improved: bool) -> None:
+        """Write best.pt (when the epoch improved) and then last.pt."""
+        snapshot = {"format": CHECKPOINT_FORMAT, "params_hash": self.params_hash, "code": self.code, **snapshot}
+        if improved:
+            atomic_torch_save(snapshot, self.best)
+        atomic_torch_save(snapshot, self.last)
+
+    def load(self) -> dict | None:
+        """last.pt when it may be resumed: readable, this format, these params and this code; else None, after
+        saying why in one line (an unusable checkpoint is removed so it is not reconsidered)."""
+        if not self.last.is_file():
+            return None
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+            state = torch.load(self.last, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 (a truncated or foreign file: say so, train from scratch)
+            why = f"checkpoint unreadable: {self.last} ({type(err).__name__}: {_first_line(err)})"
+        else:
+            why = self._why_not_resumable(state)
+        if why is None:
+            return state
+        self.say(f"{why}; starting from scratch")
+        self.discard()
+        return None
+
+    def _why_not_resumable(self, state) -> str | None:
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            return f"checkpoint {self.last} has an unknown format"
+        if state.get("params_hash") != self.params_hash:
+            return (f"checkpoint {self.last} was trained with other params (hash {state.get('params_hash')} ≠ "
+                    f"{self.params_hash})")
+        if state.get("code") != self.code:
+            return f"checkpoint {self.last} was trained with other code"
+        return None
+
+    def discard(self) -> None:
+        """Forget the checkpoints (not the run marker)."""
+        for path in (self.last, self.best):
+            path.unlink(missing_ok=True)
+
+    # ---- the run of this training ----------------------------------------------------------------------------
+    def remember_run(self, run_id: str) -> None:
+        write_json(self.run_marker, {"run_id": run_id, "params_hash": self.params_hash})
+
+    def remembered_run(self) -> str | None:
+        """The run id of the last training started here with these params (None if none or other params)."""
+        try:
+            marker = json.loads(self.run_marker.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(marker, dict) or marker.get("params_hash") != self.params_hash:
+            return None
+        run_id = marker.get("run_id")
+        return run_id if isinstance(run_id, str) else None
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict | None, str | None]:
-    """(checkpoint, None), or (None, why it cannot be used) — missing, unreadable or of another format."""
-    path = Path(path)
-    if not path.is_file():
-        return None, "no checkpoint"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 (a damaged file is not fatal: training starts fresh)
-        return None, f"{path} is unreadable ({type(err).__name__})"
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        return None, f"{path} has an unknown format"
-    return state, None
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no detail"
 
 
 def code_fingerprint() -> str:

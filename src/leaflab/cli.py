@@ -1,4 +1,4 @@
-"""The `leaflab` command: ui, compare, info, validate.
+"""The `leaflab` command: validate, info, compare, ui.
 
 Every command turns a LeaflabError into one line `error: …` on stderr and exit status 1 (no traceback).
 """
@@ -64,6 +64,7 @@ def info(params: Path = PARAMS_OPTION) -> None:
     """Config summary, the variants, and where MLflow stores runs."""
     from leaflab import tracking
     from leaflab.config import load_config
+    from leaflab.layout import Layout
 
     cfg = load_config(params)
     console = _console()
@@ -91,22 +92,29 @@ def info(params: Path = PARAMS_OPTION) -> None:
     if artifacts:
         console.print(f"MLflow artifacts: {artifacts}")
     console.print(f"MLflow experiment: {cfg.tracking.experiment}   (browse: leaflab ui)")
+    layout = Layout(root)
     for name in cfg.variants:
-        run_file = root / "runs" / name / "mlflow_run.json"
-        console.print(f"  {name}: {run_file.relative_to(root) if run_file.exists() else 'not trained yet'}")
+        run_file = layout.run_file(name)
+        console.print(f"  {name}: {layout.relative(run_file) if run_file.exists() else 'not trained yet'}")
 
 
 # ---- compare -----------------------------------------------------------------------------------------------------
 @app.command()
 @reports_errors
-def compare(all_runs: bool = typer.Option(False, "--all", help="every run, not only the latest FINISHED per "
-                                                                  "variant and seed (one row per run)"),
-            filter_string: str = typer.Option("", "--filter", "-f", help="MLflow search filter, e.g. "
-                                              "\"tags.dvc_exp_name = 'lr-3e-4'\" (one row per matching run)"),
-            experiment: Optional[str] = typer.Option(None, "--experiment", "-e",
+def compare(experiment: Optional[str] = typer.Option(None, "--experiment", "-e",
                                                      help="MLflow experiment (default: tracking.experiment)"),
+            dvc_exp: Optional[str] = typer.Option(None, "--dvc-exp", help="only the runs of this DVC experiment "
+                                                  "(their dvc_exp_name tag), e.g. from `dvc exp show`"),
+            run_ids: Optional[str] = typer.Option(None, "--run-ids", help="exactly these runs, comma-separated"),
+            as_json: bool = typer.Option(False, "--json", help="print the comparison document (comparison.json's "
+                                                                 "schema) instead of the tables"),
             params: Path = PARAMS_OPTION) -> None:
-    """The variants side by side, read from MLflow (so also runs from other machines or `dvc exp`)."""
+    """The verdict from MLflow: complete runs (trained and evaluated) of one set-up, paired by seed.
+
+    By default the latest complete run of each variant and seed; runs of different data or shared params are
+    refused, naming the difference (select with --dvc-exp or --run-ids)."""
+    import json
+
     from leaflab import comparison, tracking
 
     if experiment is None:
@@ -115,26 +123,32 @@ def compare(all_runs: bool = typer.Option(False, "--all", help="every run, not o
         experiment = load_config(params).tracking.experiment
     uri = tracking.tracking_uri()
     tracking.check_reachable(uri)
-    records = comparison.records_from_experiment(experiment, filter_string, all_runs,
-                                                 with_curves=not (all_runs or filter_string))
-    console = _console()
+    ids = [r.strip() for r in run_ids.split(",") if r.strip()] if run_ids else []
+    records = comparison.records_from_mlflow(experiment, dvc_exp, ids)
     if not records:
-        raise LeaflabError(f"no runs with a `variant` tag in MLflow experiment '{experiment}' at {uri}"
-                           + (f" matching {filter_string!r}" if filter_string else
-                              " (FINISHED ones; --all shows every run)") + "; train first: dvc repro")
-    if all_runs or filter_string:
-        header, cells = comparison.run_table_cells(records)
-        title = f"{len(records)} runs of experiment '{experiment}'"
-    else:
-        rows, _ = comparison.summarise(records)
-        header, cells = comparison.table_cells(rows)
-        title = f"experiment '{experiment}': latest FINISHED run per variant and seed"
-    table = Table(title=title)
+        raise LeaflabError(f"no complete run (FINISHED and evaluated) in MLflow experiment '{experiment}' at {uri}"
+                           + (f" for DVC experiment {dvc_exp!r}" if dvc_exp else "") + "; run dvc repro first")
+    document = comparison.compare(records)
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return
+    console = _console()
+    runs = Table(title=f"runs taken from experiment '{experiment}'")
+    for column in ("variant", "seed", "run", "test accuracy", "machine"):
+        runs.add_column(column)
+    for r in document["runs"]:
+        runs.add_row(r["variant"], r["seed"], f"{r['run_name']} ({r['run_id']})", f"{r['test_accuracy']:.4f}",
+                     f"{r['machine']['host']}, {r['machine']['device']}")
+    console.print(runs)
+    header, cells = comparison.variant_cells(document)
+    table = Table(title="variants")
     for i, column in enumerate(header):
         table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in cells:
         table.add_row(*row)
     console.print(table)
+    for sentence in document["verdict"]:
+        console.print(f"• {sentence}")
     console.print(f"[dim]store: {uri}[/dim]")
 
 

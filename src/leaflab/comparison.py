@@ -1,251 +1,335 @@
-"""All variants side by side: test accuracy (mean ± 95 % t-interval over seeds), validation curves, training
-and inference speed, parameter counts.
+"""The verdict: variants side by side on the same clips and seeds, with paired statistics, robustness and cost.
 
-Two ways to collect the runs, one way to summarise them:
-- `records_from_run_files`: the runs named by runs/<variant>/mlflow_run.json of the variants in params.yaml
-  (the compare stage: exactly the models this checkout's pipeline produced);
-- `records_from_experiment`: a search of the MLflow experiment by the `variant` tag (`leaflab compare`: also
-  runs from other machines or `dvc exp` runs), the latest FINISHED run per variant and seed by default.
-Both give plain `RunRecord`s; `summarise` turns them into one row per variant.
+Runs come as `RunRecord`s, one per (variant, seed), from either source:
+- `records_from_summaries`: the compare stage — exactly the runs of this checkout's pipeline
+  (reports/summaries/<V>.json, written by evaluate@V);
+- `records_from_mlflow`: `leaflab compare` — any complete runs of an experiment (other machines, `dvc exp`),
+  selected by DVC experiment name, by run ids, or the latest complete one per variant and seed.
+`check_comparable` refuses, in one line naming the difference, runs that do not belong together: not evaluated,
+other data (DVC's digest of data/prepared), other shared params (everything but the variant's frontend
+overrides), other test clips. `compare` then computes the document whose schema other tools rely on
+(reports/comparison.json; `difference` is accuracy(B) − accuracy(A) for the pair `A_vs_B`):
+
+  {"variants": {V: {"seeds", "test_accuracy": {"mean", "ci95", "per_seed"}, "test_macro_f1", "robustness":
+                    {axis: {level: accuracy}}, "macs_per_clip": {"frontend", "classifier"}, "params", "run_ids",
+                    "train_samples_per_s", "infer_clips_per_s", "machine"}},
+   "pairs": {"A_vs_B": {"difference_mean", "ci95", "per_seed": {seed: {"difference", "mcnemar_p", "n01", "n10"}},
+                        "conditions": {condition: {… the same …}}}},
+   "verdict": [one sentence per pair], "data_digest", "params_hash_shared", "runs": […]}
 """
 
 from __future__ import annotations
 
-import json
-import math
+import itertools
 import statistics
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from leaflab import tracking
-from leaflab.errors import LeaflabError
-from leaflab.evaluation import t_interval
+import numpy as np
 
-CURVE_KEYS = ("val_accuracy", "val_loss")
-# the training loop's speed metric; older names are accepted too
-TRAIN_SPEED_KEYS = ("train_samples_per_s", "samples_per_s", "train_throughput_samples_per_s")
-VALUE_KEYS = ("test_accuracy", "test_macro_f1", "test_loss", "infer_clips_per_s_model", "infer_clips_per_s_frontend",
-              "params_total", "params_frontend", "params_classifier")
+from leaflab import paired, tracking
+from leaflab.errors import LeaflabError
+from leaflab.layout import Layout, read_json
+
+MACHINE_TAGS = ("host", "cpu", "device", "threads", "torch_version")
 
 
 @dataclass
 class RunRecord:
-    """What the comparison needs of one run (one variant and seed)."""
+    """What the comparison needs of one evaluated run (one variant and seed)."""
 
     variant: str
     seed: str
     run_id: str
+    tags: dict[str, str]
+    labels: np.ndarray                        # test clips' true classes
+    predicted: np.ndarray                     # clean predictions, one per test clip
+    subset: np.ndarray                        # the test clips the robustness conditions ran on
+    robust: dict[str, np.ndarray]             # condition → predictions on the subset
+    cost: dict                                # macs_per_clip, params, throughput
+    train_samples_per_s: float | None = None
     run_name: str = ""
     status: str = ""
-    start_time: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
 
-    def value(self, key: str) -> float | None:
-        if key == "train_samples_per_s":
-            for name in TRAIN_SPEED_KEYS:
-                if name in self.metrics:
-                    return self.metrics[name]
-            return None
-        return self.metrics.get(key)
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.labels
 
+    def robust_correct(self, condition: str) -> np.ndarray:
+        return self.robust[condition] == self.labels[self.subset]
 
-# ---- collecting -------------------------------------------------------------------------------------------------
-def read_run_file(path: Path) -> dict:
-    """runs/<variant>/mlflow_run.json → {"variant", "run_id", "runs": [{"seed", "run_id", "model"}, …]}."""
-    if not path.is_file():
-        raise LeaflabError(f"{path}: not found; train the variant first (dvc repro train@{path.parent.name})")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LeaflabError(f"{path}: not valid JSON ({err}); rerun dvc repro -f train@{path.parent.name}") from None
-    runs = data.get("runs") or ([{"seed": data.get("seed", 0), "run_id": data["run_id"]}] if "run_id" in data else [])
-    if not runs:
-        raise LeaflabError(f"{path}: names no MLflow run; rerun dvc repro -f train@{path.parent.name}")
-    return {**data, "runs": runs}
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.correct))
+
+    @property
+    def machine(self) -> tuple[str, ...]:
+        return tuple(self.tags.get(k, "?") for k in MACHINE_TAGS)
 
 
-def _record(run: dict, variant: str | None = None, seed=None, with_curves: bool = True) -> RunRecord:
-    tags = run["tags"]
-    return RunRecord(
-        variant=variant or tags.get("variant", "?"),
-        seed=str(seed if seed is not None else tags.get("seed", "?")),
-        run_id=run["run_id"], run_name=run.get("run_name") or "", status=run["status"],
-        start_time=int(run.get("start_time") or 0), metrics=dict(run["metrics"]), tags=dict(tags),
-        curves=tracking.metric_histories(run["run_id"], CURVE_KEYS) if with_curves else {},
-    )
-
-
-def records_from_run_files(variants: Iterable[str], runs_dir: Path = Path("runs")) -> list[RunRecord]:
-    """One record per seed of each variant, from runs/<variant>/mlflow_run.json and the MLflow store."""
+# ---- collecting --------------------------------------------------------------------------------------------------
+def records_from_summaries(variants: Iterable[str], layout: Layout = Layout()) -> list[RunRecord]:
+    """One record per seed of each variant, from reports/summaries/<V>.json and the runs in MLflow."""
     records = []
     for variant in variants:
-        info = read_run_file(runs_dir / variant / "mlflow_run.json")
-        for entry in info["runs"]:
-            records.append(_record(tracking.run_record(entry["run_id"]), variant, entry.get("seed")))
+        summary = read_json(layout.summary_file(variant), "the evaluate stage's summary",
+                            f"evaluate the variant first: dvc repro evaluate@{variant}")
+        cost = {k: summary[k] for k in ("macs_per_clip", "params", "throughput")}
+        for entry in summary["runs"]:
+            run = tracking.run_record(entry["run_id"])
+            records.append(RunRecord(
+                variant=variant, seed=str(entry["seed"]), run_id=entry["run_id"], tags=run["tags"],
+                labels=np.asarray(summary["labels"]), predicted=np.asarray(entry["predicted"]),
+                subset=np.asarray(summary["subset"]),
+                robust={k: np.asarray(v) for k, v in entry["robust_predicted"].items()}, cost=cost,
+                train_samples_per_s=entry.get("train_samples_per_s"), run_name=run["run_name"] or "",
+                status=run["status"], curves=tracking.metric_histories(entry["run_id"], ("val_accuracy",))))
     return records
 
 
-def select_latest_finished(runs: Sequence[dict]) -> list[dict]:
-    """The newest FINISHED run of each (variant, seed) among `runs` (plain run dicts with tags/status/start_time)."""
+def records_from_mlflow(experiment: str, dvc_exp: str | None = None, run_ids: Sequence[str] = ()) -> list[RunRecord]:
+    """Complete (FINISHED and evaluated) training runs of `experiment`: those of the DVC experiment `dvc_exp`, or
+    exactly `run_ids`, or else the latest complete run of each variant and seed."""
+    if run_ids:
+        runs = [tracking.run_record(run_id) for run_id in run_ids]
+        incomplete = [r["run_id"] for r in runs if not _complete(r)]
+        if incomplete:
+            raise LeaflabError(f"runs {', '.join(incomplete)} are not complete (FINISHED and evaluated); evaluate "
+                               "them first (dvc repro evaluate@<variant>) or leave them out")
+    else:
+        query = "tags.`leaflab.kind` = 'training'" + (f" and tags.dvc_exp_name = '{dvc_exp}'" if dvc_exp else "")
+        runs = latest_per_variant_and_seed([r for r in tracking.run_records(experiment, query) if _complete(r)])
+    records = []
+    for run in runs:
+        predictions = tracking.open_run(run["run_id"]).load_dict("evaluate/predictions.json")
+        records.append(RunRecord(
+            variant=run["tags"]["variant"], seed=run["tags"]["seed"], run_id=run["run_id"], tags=run["tags"],
+            labels=np.asarray(predictions["labels"]), predicted=np.asarray(predictions["predicted"]),
+            subset=np.asarray(predictions["subset"]),
+            robust={k: np.asarray(v) for k, v in predictions["robust_predicted"].items()},
+            cost=_cost_from_metrics(run["metrics"]), train_samples_per_s=_mean_metric(run["run_id"], "samples_per_s"),
+            run_name=run["run_name"] or "", status=run["status"],
+            curves=tracking.metric_histories(run["run_id"], ("val_accuracy",))))
+    return sorted(records, key=lambda r: (r.variant, _seed_key(r.seed)))
+
+
+def _complete(run: dict) -> bool:
+    return run["status"] == "FINISHED" and "test_accuracy" in run["metrics"] and "variant" in run["tags"]
+
+
+def latest_per_variant_and_seed(runs: Sequence[dict]) -> list[dict]:
+    """The newest run of each (variant, seed) among plain run dicts (tags, start_time)."""
     latest: dict[tuple[str, str], dict] = {}
     for run in runs:
-        if run["status"] != "FINISHED" or "variant" not in run["tags"]:
-            continue
         key = (run["tags"]["variant"], run["tags"].get("seed", "?"))
         if key not in latest or (run["start_time"] or 0) > (latest[key]["start_time"] or 0):
             latest[key] = run
-    return sorted(latest.values(), key=lambda r: (r["tags"]["variant"], r["tags"].get("seed", "")))
+    return list(latest.values())
 
 
-def records_from_experiment(experiment: str, filter_string: str = "", all_runs: bool = False,
-                            with_curves: bool = True) -> list[RunRecord]:
-    """Runs of `experiment` that carry a `variant` tag: by default the latest FINISHED one per variant and seed;
-    with `all_runs` or a `filter_string` (MLflow search syntax), every matching run."""
-    runs = [r for r in tracking.run_records(experiment, filter_string) if "variant" in r["tags"]]
-    if not (all_runs or filter_string):
-        runs = select_latest_finished(runs)
-    else:
-        runs = sorted(runs, key=lambda r: (r["tags"]["variant"], r["tags"].get("seed", ""), -(r["start_time"] or 0)))
-    return [_record(r, with_curves=with_curves) for r in runs]
+def _cost_from_metrics(metrics: dict[str, float]) -> dict:
+    def group(prefix: str, keys: Sequence[str]) -> dict:
+        return {k: metrics[prefix + k] for k in keys if prefix + k in metrics}
+    return {"macs_per_clip": group("macs_per_clip_", ("frontend", "classifier")),
+            "params": group("params_", ("frontend", "classifier", "total")),
+            "throughput": group("infer_", ("clips_per_s_model", "clips_per_s_frontend"))}
 
 
-# ---- summarising ------------------------------------------------------------------------------------------------
-def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None and not math.isnan(v)]
-    return statistics.fmean(present) if present else None
+def _mean_metric(run_id: str, key: str) -> float | None:
+    values = [v for _, v in tracking.metric_histories(run_id, (key,))[key]]
+    return statistics.fmean(values) if values else None
 
 
-def mean_curve(series: Sequence[list[tuple[int, float]]]) -> list[tuple[int, float]]:
-    """Mean over seeds at each step that every non-empty series has."""
+def _seed_key(seed: str):
+    return (0, int(seed)) if seed.isdigit() else (1, seed)
+
+
+# ---- do they belong together? -------------------------------------------------------------------------------------
+def check_comparable(records: Sequence[RunRecord]) -> None:
+    """One line naming the first difference that makes these runs incomparable."""
+    if not records:
+        raise LeaflabError("no complete runs to compare (trained and evaluated): run dvc repro first")
+    seen: dict[tuple[str, str], RunRecord] = {}
+    for record in records:
+        key = (record.variant, record.seed)
+        if key in seen:
+            raise LeaflabError(f"two runs of {record.variant} seed {record.seed} ({seen[key].run_id}, "
+                               f"{record.run_id}): select one, e.g. with --run-ids")
+        seen[key] = record
+    first = records[0]
+    for record in records[1:]:
+        for tag, what in (("data_digest", "data (DVC digest of data/prepared)"),
+                          ("params_hash_shared", "shared params"), ("leaflab.clips_digest", "test clips")):
+            if record.tags.get(tag) != first.tags.get(tag):
+                detail = _params_difference(first, record) if tag == "params_hash_shared" else \
+                    f"{first.tags.get(tag)} vs {record.tags.get(tag)}"
+                raise LeaflabError(f"runs of different {what} cannot be compared: {_name(first)} and "
+                                   f"{_name(record)} differ ({detail}); select runs of one set-up with "
+                                   "--dvc-exp NAME or --run-ids")
+
+
+def _name(record: RunRecord) -> str:
+    return f"{record.variant} seed {record.seed} (run {record.run_id[:8]})"
+
+
+def _params_difference(a: RunRecord, b: RunRecord) -> str:
+    """The shared params that differ between two runs (their frontend blocks may differ by design)."""
+    pa, pb = tracking.run_record(a.run_id)["params"], tracking.run_record(b.run_id)["params"]
+    keys = sorted(k for k in set(pa) | set(pb) if not k.startswith("frontend.") and k not in ("variant", "seed",
+                                                                                               "train.seeds"))
+    differing = [f"{k}: {pa.get(k)} vs {pb.get(k)}" for k in keys if pa.get(k) != pb.get(k)]
+    return "; ".join(differing[:3]) if differing else "the shared frontend block"
+
+
+# ---- the comparison ------------------------------------------------------------------------------------------------
+def compare(records: Sequence[RunRecord], order: Sequence[str] | None = None) -> dict:
+    """The comparison document (module docstring) of comparable records."""
+    check_comparable(records)
+    by_variant: dict[str, list[RunRecord]] = {}
+    for variant in order or ():
+        by_variant[variant] = []
+    for record in sorted(records, key=lambda r: _seed_key(r.seed)):
+        by_variant.setdefault(record.variant, []).append(record)
+    by_variant = {v: rs for v, rs in by_variant.items() if rs}
+    variants = {v: summarise_variant(rs) for v, rs in by_variant.items()}
+    pairs, verdict = {}, []
+    for a, b in itertools.combinations(by_variant, 2):
+        pair, sentence = compare_pair(a, by_variant[a], b, by_variant[b])
+        pairs[f"{a}_vs_{b}"] = pair
+        verdict.append(sentence)
+    first = records[0]
+    return {"variants": variants, "pairs": pairs, "verdict": verdict,
+            "data_digest": first.tags.get("data_digest"), "params_hash_shared": first.tags.get("params_hash_shared"),
+            "runs": [{"variant": r.variant, "seed": r.seed, "run_id": r.run_id, "run_name": r.run_name,
+                      "status": r.status, "test_accuracy": r.accuracy,
+                      "machine": dict(zip(MACHINE_TAGS, r.machine))} for r in records]}
+
+
+def summarise_variant(records: list[RunRecord]) -> dict:
+    mean, low, high = paired.t_interval([r.accuracy for r in records])
+    conditions = list(records[0].robust)
+    robustness: dict[str, dict[str, float]] = {}
+    for condition in conditions:
+        axis, level = condition.split("=")
+        robustness.setdefault(axis, {})[level] = statistics.fmean(float(np.mean(r.robust_correct(condition)))
+                                                                  for r in records)
+    same_machine = len({r.machine for r in records}) == 1   # speeds of different machines are never averaged
+    speeds = [r.train_samples_per_s for r in records if r.train_samples_per_s is not None]
+    return {"seeds": [r.seed for r in records],
+            "test_accuracy": {"mean": mean, "ci95": None if low is None else [low, high],
+                              "per_seed": {r.seed: r.accuracy for r in records}},
+            "test_macro_f1": _macro_f1_mean(records),
+            "robustness": robustness,
+            "macs_per_clip": records[0].cost.get("macs_per_clip", {}),
+            "params": records[0].cost.get("params", {}),
+            "train_samples_per_s": statistics.fmean(speeds) if speeds and same_machine else None,
+            "infer_clips_per_s": records[0].cost.get("throughput", {}).get("clips_per_s_model") if same_machine
+            else None,
+            "machine": dict(zip(MACHINE_TAGS, records[0].machine)) if same_machine else "several (see runs)",
+            "run_ids": {r.seed: r.run_id for r in records},
+            "curves": {"val_accuracy": _mean_curve([r.curves.get("val_accuracy", []) for r in records])}}
+
+
+def _macro_f1_mean(records: list[RunRecord]) -> float:
+    from leaflab.evaluation import confusion_matrix, macro_f1
+
+    n_classes = int(max(max(r.labels.max(), r.predicted.max()) for r in records)) + 1
+    return statistics.fmean(macro_f1(confusion_matrix(r.labels, r.predicted, n_classes)) for r in records)
+
+
+def _mean_curve(series: Sequence[list[tuple[int, float]]]) -> list[list[float]]:
+    """[[epoch (1-based), mean over seeds], …] at the steps every non-empty series has."""
     series = [dict(s) for s in series if s]
     if not series:
         return []
     steps = sorted(set.intersection(*(set(s) for s in series)))
-    return [(step, statistics.fmean(s[step] for s in series)) for step in steps]
+    return [[step + 1, statistics.fmean(s[step] for s in series)] for step in steps]
 
 
-def summarise(records: Sequence[RunRecord], order: Sequence[str] | None = None,
-              confidence: float = 0.95) -> tuple[list[dict], dict[str, dict[str, list[tuple[int, float]]]]]:
-    """One row per variant (in `order`, then first appearance) and each variant's mean validation curves.
-
-    Row keys: variant, n_seeds, seeds, test_accuracy_mean, test_accuracy_ci_low/high (None with one seed),
-    test_accuracy_per_seed, test_macro_f1_mean, test_loss_mean, best_val_accuracy_mean,
-    train_samples_per_s, infer_clips_per_s_model, infer_clips_per_s_frontend, params_total, params_frontend,
-    params_classifier, run_ids."""
-    groups: dict[str, list[RunRecord]] = {}
-    for variant in order or ():
-        groups[variant] = []
-    for record in records:
-        groups.setdefault(record.variant, []).append(record)
-    rows, curves = [], {}
-    for variant, group in groups.items():
-        accuracies = [r.value("test_accuracy") for r in group]
-        present = [a for a in accuracies if a is not None]
-        mean, low, high = t_interval(present, confidence) if present else (None, None, None)
-        best_val = [max(v for _, v in r.curves["val_accuracy"]) if r.curves.get("val_accuracy") else
-                    r.metrics.get("best_val_accuracy") for r in group]
-        rows.append({
-            "variant": variant,
-            "n_seeds": len(group),
-            "seeds": [r.seed for r in group],
-            "test_accuracy_mean": mean,
-            "test_accuracy_ci_low": low,
-            "test_accuracy_ci_high": high,
-            "test_accuracy_per_seed": {r.seed: r.value("test_accuracy") for r in group},
-            "test_macro_f1_mean": _mean([r.value("test_macro_f1") for r in group]),
-            "test_loss_mean": _mean([r.value("test_loss") for r in group]),
-            "best_val_accuracy_mean": _mean(best_val),
-            "train_samples_per_s": _mean([r.value("train_samples_per_s") for r in group]),
-            "infer_clips_per_s_model": _mean([r.value("infer_clips_per_s_model") for r in group]),
-            "infer_clips_per_s_frontend": _mean([r.value("infer_clips_per_s_frontend") for r in group]),
-            "params_total": _mean([r.value("params_total") for r in group]),
-            "params_frontend": _mean([r.value("params_frontend") for r in group]),
-            "params_classifier": _mean([r.value("params_classifier") for r in group]),
-            "run_ids": [r.run_id for r in group],
-        })
-        curves[variant] = {key: mean_curve([r.curves.get(key, []) for r in group]) for key in CURVE_KEYS}
-    return rows, curves
+def compare_pair(a: str, records_a: list[RunRecord], b: str, records_b: list[RunRecord]) -> tuple[dict, str]:
+    """The paired difference B − A over their common seeds, clean and per condition, and its verdict."""
+    seeds = sorted({r.seed for r in records_a} & {r.seed for r in records_b}, key=_seed_key)
+    if not seeds:
+        raise LeaflabError(f"{a} and {b} share no seed ({[r.seed for r in records_a]} vs "
+                           f"{[r.seed for r in records_b]}): pairing needs the same seeds; set train.seeds alike")
+    ra = {r.seed: r for r in records_a if r.seed in seeds}
+    rb = {r.seed: r for r in records_b if r.seed in seeds}
+    clean = paired.paired_difference({s: ra[s].correct for s in seeds}, {s: rb[s].correct for s in seeds})
+    conditions = {c: paired.paired_difference({s: ra[s].robust_correct(c) for s in seeds},
+                                              {s: rb[s].robust_correct(c) for s in seeds})
+                  for c in ra[seeds[0]].robust if c in rb[seeds[0]].robust}
+    document = {**clean.as_dict(), "seeds": seeds,
+                "conditions": {c: d.as_dict() for c, d in conditions.items()}}
+    return document, paired.verdict_sentence(a, b, clean, conditions)
 
 
-# ---- presenting -------------------------------------------------------------------------------------------------
-def format_accuracy(row: dict) -> str:
-    """'0.912 ± 0.013' (half-width of the 95 % interval), '0.912' with one seed, '–' without a value."""
-    mean = row.get("test_accuracy_mean")
-    if mean is None:
-        return "–"
-    low, high = row.get("test_accuracy_ci_low"), row.get("test_accuracy_ci_high")
-    if low is None or high is None:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {(high - low) / 2:.3f}"
+# ---- presenting ----------------------------------------------------------------------------------------------------
+def _num(value, fmt: str = "{:.3f}") -> str:
+    return "–" if value is None else fmt.format(value)
 
 
-def _number(value, fmt: str = "{:.3f}") -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
-
-
-TABLE_COLUMNS = (
-    ("variant", "variant", lambda r: r["variant"]),
-    ("seeds", "seeds", lambda r: str(r["n_seeds"])),
-    ("test_accuracy", "test accuracy (95 % CI)", format_accuracy),
-    ("test_macro_f1", "macro-F1", lambda r: _number(r["test_macro_f1_mean"])),
-    ("test_loss", "test loss", lambda r: _number(r["test_loss_mean"])),
-    ("best_val_accuracy", "best val acc", lambda r: _number(r["best_val_accuracy_mean"])),
-    ("train_samples_per_s", "train samples/s", lambda r: _number(r["train_samples_per_s"], "{:.0f}")),
-    ("infer_clips_per_s_model", "infer clips/s (model)", lambda r: _number(r["infer_clips_per_s_model"], "{:.0f}")),
-    ("infer_clips_per_s_frontend", "infer clips/s (frontend)",
-     lambda r: _number(r["infer_clips_per_s_frontend"], "{:.0f}")),
-    ("params_frontend", "params (frontend)", lambda r: _number(r["params_frontend"], "{:,.0f}")),
-    ("params_total", "params (total)", lambda r: _number(r["params_total"], "{:,.0f}")),
-)
-
-RUN_COLUMNS = (
-    ("variant", "variant", lambda r: r.variant),
-    ("seed", "seed", lambda r: r.seed),
-    ("run", "run", lambda r: f"{r.run_name} ({r.run_id[:8]})" if r.run_name else r.run_id[:8]),
-    ("status", "status", lambda r: r.status),
-    ("started", "started (UTC)", lambda r: datetime.fromtimestamp(r.start_time / 1000, timezone.utc)
-     .strftime("%Y-%m-%d %H:%M") if r.start_time else "–"),
-    ("test_accuracy", "test accuracy", lambda r: _number(r.value("test_accuracy"))),
-    ("test_macro_f1", "macro-F1", lambda r: _number(r.value("test_macro_f1"))),
-    ("train_samples_per_s", "train samples/s", lambda r: _number(r.value("train_samples_per_s"), "{:.0f}")),
-    ("infer_clips_per_s_model", "infer clips/s", lambda r: _number(r.value("infer_clips_per_s_model"), "{:.0f}")),
-    ("params_total", "params", lambda r: _number(r.value("params_total"), "{:,.0f}")),
-)
-
-
-def table_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    return [title for _, title, _ in TABLE_COLUMNS], [[cell(r) for _, _, cell in TABLE_COLUMNS] for r in rows]
-
-
-def run_table_cells(records: Sequence[RunRecord]) -> tuple[list[str], list[list[str]]]:
-    return [title for _, title, _ in RUN_COLUMNS], [[cell(r) for _, _, cell in RUN_COLUMNS] for r in records]
+def _accuracy(test: dict) -> str:
+    if test["ci95"] is None:
+        return f"{test['mean']:.3f}"
+    return f"{test['mean']:.3f} ({test['ci95'][0]:.3f}–{test['ci95'][1]:.3f})"
 
 
 def markdown_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
 
 
-def markdown_report(rows: Sequence[dict], records: Sequence[RunRecord], figure_name: str = "comparison.png") -> str:
-    header, cells = table_cells(rows)
-    run_header, run_cells = run_table_cells(records)
-    return (
-        "# Variants side by side\n\n"
-        "Test accuracy at file level (logits averaged over 1-s windows); with several seeds the mean ± the half-width "
-        "of the 95 % Student-t interval over seeds. Speeds on this machine's CPU (inference: batch "
-        "`evaluate.throughput_batch_size`, median of repeats).\n\n"
-        + markdown_table(header, cells)
-        + f"\n![comparison]({figure_name})\n\n## Runs\n\n"
-        + markdown_table(run_header, run_cells)
-    )
+def variant_cells(document: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["variant", "seeds", "test accuracy (95 % CI)", "macro-F1", "worst condition", "frontend MACs/clip",
+              "classifier MACs/clip", "params", "train samples/s", "infer clips/s"]
+    rows = []
+    for name, v in document["variants"].items():
+        worst = min(((f"{axis}={level}", acc) for axis, levels in v["robustness"].items()
+                     for level, acc in levels.items()), key=lambda item: item[1], default=None)
+        macs = v["macs_per_clip"]
+        rows.append([name, str(len(v["seeds"])), _accuracy(v["test_accuracy"]), _num(v["test_macro_f1"]),
+                     f"{worst[0]}: {worst[1]:.3f}" if worst else "–",
+                     _num(macs.get("frontend"), "{:,.0f}"), _num(macs.get("classifier"), "{:,.0f}"),
+                     _num(v["params"].get("total"), "{:,.0f}"), _num(v["train_samples_per_s"], "{:.0f}"),
+                     _num(v["infer_clips_per_s"], "{:.0f}")])
+    return header, rows
 
 
-def comparison_document(rows: Sequence[dict], curves: dict, records: Sequence[RunRecord]) -> dict:
-    return {"variants": list(rows), "curves": {v: {k: [list(p) for p in s] for k, s in c.items()}
-                                                for v, c in curves.items()},
-            "runs": [{k: v for k, v in asdict(r).items() if k != "curves"} for r in records]}
+def markdown_report(document: dict, figure_name: str = "comparison.png") -> str:
+    header, rows = variant_cells(document)
+    text = ["# PCEN vs TBN (and every variant of params.yaml): the verdict\n\n",
+            *[f"- {sentence}\n" for sentence in document["verdict"]],
+            "\nAccuracy at file level on the same test clips for every variant; 95 % intervals are Student-t over "
+            "seeds (the training variance); McNemar's exact test per seed covers the test sample. "
+            "`difference` = accuracy(B) − accuracy(A) for the pair A_vs_B.\n\n",
+            markdown_table(header, rows), f"\n![comparison]({figure_name})\n\n## Robustness (accuracy)\n\n"]
+    variants = list(document["variants"])
+    conditions = [(axis, level) for axis, levels in document["variants"][variants[0]]["robustness"].items()
+                  for level in levels]
+    text.append(markdown_table(["condition", *variants], [[f"{axis}={level}", *(
+        f"{document['variants'][v]['robustness'].get(axis, {}).get(level, float('nan')):.3f}" for v in variants)]
+        for axis, level in conditions]))
+    text.append("\n## Pairs\n\n")
+    pair_rows = []
+    for name, pair in document["pairs"].items():
+        ci = pair["ci95"]
+        pair_rows.append([name, "clean", f"{100 * pair['difference_mean']:+.1f} pp",
+                          "–" if ci is None else f"{100 * ci[0]:+.1f}…{100 * ci[1]:+.1f} pp",
+                          ", ".join(f"{s}: {100 * d['difference']:+.1f} pp, p = {d['mcnemar_p']:.2g} "
+                                    f"({d['n01']}/{d['n10']})" for s, d in pair["per_seed"].items())])
+        for condition, d in pair["conditions"].items():
+            ci = d["ci95"]
+            pair_rows.append([name, condition, f"{100 * d['difference_mean']:+.1f} pp",
+                              "–" if ci is None else f"{100 * ci[0]:+.1f}…{100 * ci[1]:+.1f} pp",
+                              ", ".join(f"{s}: p = {v['mcnemar_p']:.2g}" for s, v in d["per_seed"].items())])
+    text.append(markdown_table(["pair", "condition", "difference (mean)", "95 % CI over seeds",
+                                "per seed: difference, McNemar p (n01/n10)"], pair_rows))
+    text.append("\n## Runs\n\n")
+    text.append(markdown_table(["variant", "seed", "run", "test accuracy", "machine"], [
+        [r["variant"], r["seed"], f"{r['run_name']} ({r['run_id'][:8]})", f"{r['test_accuracy']:.4f}",
+         f"{r['machine']['host']}, {r['machine']['device']}, {r['machine']['threads']} threads"]
+        for r in document["runs"]]))
+    text.append(f"\nData: DVC digest {document['data_digest']}; shared params hash {document['params_hash_shared']}.\n")
+    return "".join(text)

@@ -106,6 +106,7 @@ class TrainConfig:
     grad_clip_norm: float = setting(0.0, non_negative, "0 disables clipping")
     weight_decay: float = setting(0.0, non_negative)
     crop_seconds: float = setting(1.0, positive, "model input window; longer clips are randomly cropped")
+    loudness_normalize: bool = setting(True, doc="scale every input window to loudness_target_db (the papers')")
     loudness_target_db: float = setting(15.0, doc="gain = min(10^(max_gain_db/20), 10^(target/20) / std(x))")
     loudness_max_gain_db: float = setting(30.0)
     max_nonfinite_in_a_row: int = setting(5, positive)
@@ -127,11 +128,32 @@ class VisualizeConfig:
     dpi: int = setting(100, in_range(50, 300), "resolution of the PNG images")
 
 
+def noise_source(value) -> str | None:
+    if value in ("auto", "machine") or value.strip():
+        return None
+    return "auto, machine or the path of a folder of noise recordings"
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    clips: int = setting(300, non_negative, "test clips the conditions run on (a fixed subset; 0 = every clip)")
+    seed: int = setting(0, non_negative, "seeds the subset, the noise segments and the impulse responses")
+    gain_db: tuple[float, ...] = setting((-60.0, -40.0, -20.0, 0.0, 20.0), each(in_range(-120, 60, "dB"), "gains"),
+                                         "input gain before the model's loudness normalisation")
+    snr_db: tuple[float, ...] = setting((20.0, 10.0, 5.0, 0.0), each(in_range(-30, 100, "dB"), "SNRs"),
+                                        "additive noise of a type the training data did not use")
+    rt60_s: tuple[float, ...] = setting((0.3, 0.6, 1.0), each(in_range(0.05, 5, "s", low_open=True), "RT60s"),
+                                        "reverberation: synthetic exponentially decaying impulse responses")
+    noise: str = setting("auto", noise_source, "auto: Speech Commands' _background_noise_ when the data has it, "
+                                               "else generated machine noise; machine; or a folder of recordings")
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = setting(128, positive)
     throughput_batch_size: int = setting(32, positive)
     throughput_repeats: int = setting(5, positive)
+    robustness: RobustnessConfig = setting(RobustnessConfig())
 
 
 @dataclass(frozen=True)
@@ -169,8 +191,23 @@ class Config:
                 "model": as_dict(self.model), "train": as_dict(self.train)}
 
     def variant_params_hash(self, variant: str) -> str:
-        canonical = json.dumps(self.variant_params(variant), sort_keys=True, default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _hash(self.variant_params(variant))
+
+    def shared_params(self) -> dict:
+        """What every variant's training shares: the data, the base frontend block, the model and the training
+        settings except the list of seeds (each run records its own seed). Runs compared side by side must agree
+        on these; they may differ only in their variant's frontend overrides."""
+        train = {k: v for k, v in as_dict(self.train).items() if k != "seeds"}
+        return {"data": as_dict(self.data), "frontend": as_dict(self.frontend), "model": as_dict(self.model),
+                "train": train}
+
+    def shared_params_hash(self) -> str:
+        return _hash(self.shared_params())
+
+
+def _hash(params: dict) -> str:
+    canonical = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 # ---- loading -------------------------------------------------------------------------------------------------

@@ -1,26 +1,25 @@
-"""Test-set evaluation of a trained keyword spotter: file-level accuracy, macro-F1, per-class accuracy,
-confusion matrix, loss; inference throughput; parameter counts; mean and t-interval over seeds.
+"""Test-set evaluation of a trained keyword spotter: file-level predictions (clean and under robustness
+conditions), accuracy, macro-F1, per-class accuracy, confusion matrix, loss.
 
-File-level decisions as in the papers (REFERENCE.md): a stored clip is cut into consecutive windows of the
-model's input length (`crop_samples`), the last one zero-padded; the model's logits are averaged over a
-clip's windows and the class is the argmax of the average. A clip exactly one window long is one window.
-The test loss is the cross-entropy of those averaged logits, averaged over clips.
+File-level decisions as in the papers: a stored clip is cut into consecutive windows of the model's input
+length (`crop_samples`), the last one zero-padded; each window is loudness-normalised as in training, the
+model's logits are averaged over a clip's windows and the class is the argmax of the average. A clip exactly
+one window long is one window. The test loss is the cross-entropy of those averaged logits, averaged over clips.
 
-No files, no MLflow here: the evaluate stage reads the data and writes the reports.
+No files, no MLflow here: leaflab.pipeline.evaluate reads the data and writes the reports.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from leaflab.data import dataset as data
 from leaflab.errors import LeaflabError
 
 
@@ -40,38 +39,51 @@ def average_by_owner(logits: torch.Tensor, owner: torch.Tensor, n_clips: int) ->
     return summed / counts[:, None]
 
 
-WindowsOf = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+@dataclass(frozen=True)
+class Loudness:
+    """The input loudness normalisation a model was trained with (off: the waveform as it is)."""
+
+    target_db: float = 15.0
+    max_gain_db: float = 30.0
+    enabled: bool = True
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return data.loudness_normalize(x, self.target_db, self.max_gain_db) if self.enabled \
+            else np.asarray(x, dtype=np.float32)
+
+    @classmethod
+    def of_model(cls, meta: dict, model_path) -> "Loudness":
+        """What the model file records, so evaluation feeds it what training did whatever params.yaml says now."""
+        try:
+            return cls(float(meta["loudness_target_db"]), float(meta["loudness_max_gain_db"]),
+                       bool(meta.get("loudness_normalize", True)))
+        except (KeyError, TypeError, ValueError):
+            raise LeaflabError(f"{model_path}: the model file does not record its loudness normalisation "
+                               "(loudness_target_db, loudness_max_gain_db); retrain it with this version: "
+                               "dvc repro -f train@<variant>") from None
+
+
+def waveforms(audio: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Clips `indices` of an int16 split [n, samples] as float32 in [−1, 1) (x / 32768)."""
+    return np.asarray(audio[np.asarray(indices, dtype=np.int64)], dtype=np.float32) / data.INT16_SCALE
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, n_clips: int, batch_size: int, windows_of: WindowsOf) -> np.ndarray:
-    """File-level logits of clips 0..n_clips−1 → [n_clips, K] float32 (model put in eval mode).
-
-    `windows_of(indices)` returns the model input of those clips exactly as training validates:
-    (windows float32 [W, crop_samples], owner int [W] = position of the window's clip in `indices`), e.g.
-    `lambda idx: leaflab.data.dataset.eval_batch(audio, idx, crop_samples, target_db, max_gain_db)`.
-    """
-    if n_clips <= 0:
+def predict_logits(model: torch.nn.Module, clips: np.ndarray, crop_samples: int, loudness: Loudness,
+                   batch_size: int) -> np.ndarray:
+    """File-level logits [n, K] float32 of clips float32 [n, samples] (model put in eval mode)."""
+    if len(clips) == 0:
         raise ValueError("no clips to evaluate")
     model.eval()
     chunks = []
-    for start in range(0, n_clips, batch_size):
-        indices = np.arange(start, min(start + batch_size, n_clips))
-        windows, owner = windows_of(indices)
-        logits = model(torch.as_tensor(np.asarray(windows, dtype=np.float32))).float().cpu()
-        chunks.append(average_by_owner(logits, torch.as_tensor(np.asarray(owner), dtype=torch.long), len(indices)))
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start:start + batch_size]
+        windows = [data.eval_windows(clip, crop_samples) for clip in chunk]
+        owner = torch.as_tensor(np.repeat(np.arange(len(chunk)), [len(w) for w in windows]))
+        x = loudness(np.concatenate(windows))
+        logits = model(torch.as_tensor(x)).float().cpu()
+        chunks.append(average_by_owner(logits, owner, len(chunk)))
     return torch.cat(chunks).numpy().astype(np.float32)
-
-
-def loudness_settings(meta: dict, model_path) -> tuple[float, float]:
-    """(target_db, max_gain_db) of the loudness normalisation the model was trained with (its model file's
-    metadata), so evaluation feeds it what training did whatever params.yaml says now."""
-    try:
-        return float(meta["loudness_target_db"]), float(meta["loudness_max_gain_db"])
-    except (KeyError, TypeError, ValueError):
-        raise LeaflabError(f"{model_path}: the model file does not record its loudness normalisation "
-                           "(loudness_target_db, loudness_max_gain_db); retrain it with this version: "
-                           "dvc repro -f train@<variant>") from None
 
 
 # ---- classification metrics -----------------------------------------------------------------------------------
@@ -148,126 +160,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: Sequ
     )
 
 
-def confusion_csv(matrix: np.ndarray, classes: Sequence[str]) -> str:
-    """The matrix as CSV: header `true,<class…>`, one row per true class."""
-    lines = ["true," + ",".join(classes)]
-    lines += [f"{c}," + ",".join(str(int(v)) for v in row) for c, row in zip(classes, matrix)]
-    return "\n".join(lines) + "\n"
-
-
-def predictions_csv(labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> str:
-    """One row per test clip, `actual,predicted` class names: what `dvc plots`' confusion template reads."""
-    lines = ["actual,predicted"] + [f"{classes[a]},{classes[p]}" for a, p in zip(labels, predicted)]
-    return "\n".join(lines) + "\n"
-
-
-# ---- cost -------------------------------------------------------------------------------------------------------
-def count_parameters(module: torch.nn.Module | None) -> int:
-    return 0 if module is None else int(sum(p.numel() for p in module.parameters()))
-
-
-def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    """Parameters of the frontend, the classifier and the whole model (a KeywordSpotter)."""
-    return {"frontend": count_parameters(getattr(model, "frontend", None)),
-            "classifier": count_parameters(getattr(model, "classifier", None)),
-            "total": count_parameters(model)}
-
-
-@torch.inference_mode()
-def clips_per_second(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, repeats: int,
-                     warmup: int = 2, clock: Callable[[], float] = time.perf_counter) -> float:
-    """Throughput of `fn` on one batch: batch size / median wall time of `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn(batch)
-    times = []
-    for _ in range(max(1, repeats)):
-        start = clock()
-        fn(batch)
-        times.append(clock() - start)
-    return batch.shape[0] / max(statistics.median(times), 1e-12)
-
-
-def measure_throughput(model: torch.nn.Module, crop_samples: int, batch_size: int, repeats: int,
-                       threads: int | None = None, warmup: int = 2, seed: int = 0) -> dict[str, float]:
-    """Inference clips/s of the frontend alone and of the whole model on a random batch [batch_size,
-    crop_samples] (CPU unless the model lives elsewhere), with `threads` torch intra-op threads."""
-    if threads:
-        torch.set_num_threads(threads)
-    model.eval()
-    device = next(model.parameters(), torch.empty(0)).device
-    generator = torch.Generator().manual_seed(seed)
-    batch = (0.1 * torch.randn(batch_size, crop_samples, generator=generator)).to(device)
-    synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def timed(module):
-        def call(x):
-            out = module(x)
-            synchronise()
-            return out
-        return call
-
-    return {
-        "clips_per_s_model": clips_per_second(timed(model), batch, repeats, warmup),
-        "clips_per_s_frontend": clips_per_second(timed(model.frontend), batch, repeats, warmup),
-        "batch_size": batch_size,
-        "threads": torch.get_num_threads(),
-        "device": device.type,
-    }
-
-
-# ---- over seeds -------------------------------------------------------------------------------------------------
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None, float | None]:
-    """(mean, low, high): Student-t interval mean ± t_{(1+confidence)/2, n−1} · s / √n (s: sample std, ddof 1).
-    With fewer than two values there is no interval: (mean, None, None)."""
-    values = [float(v) for v in values]
-    if not values:
-        return float("nan"), None, None
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None, None
-    from scipy.stats import t as student_t
-
-    half = float(student_t.ppf((1 + confidence) / 2, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
-
-
-def seeds_summary(per_seed: dict[int, dict[str, float]], confidence: float = 0.95) -> dict:
-    """{seed: {accuracy, macro_f1, loss}} → the `test` block of metrics.json: the mean of each value and, with
-    several seeds, the accuracy's standard deviation and t-interval."""
-    seeds = sorted(per_seed)
-    out: dict = {"n_seeds": len(seeds)}
-    for key in ("accuracy", "macro_f1", "loss"):
-        mean, low, high = t_interval([per_seed[s][key] for s in seeds], confidence)
-        out[key] = mean
-        if key == "accuracy" and low is not None:
-            out["accuracy_std"] = statistics.stdev(per_seed[s][key] for s in seeds)
-            out["accuracy_ci95_low"] = low
-            out["accuracy_ci95_high"] = high
-    return out
-
-
-def metrics_document(variant: str, per_seed: dict[int, dict[str, float]], throughput: dict, params: dict,
-                     n_test_clips: int, window_samples: int, windows_per_clip: int) -> dict:
-    """The content of reports/<variant>/metrics.json (a DVC metric: `dvc metrics show/diff`)."""
-    return {
-        "variant": variant,
-        "test": seeds_summary(per_seed),
-        "seeds": {f"seed{s}": {k: per_seed[s][k] for k in ("accuracy", "macro_f1", "loss")} for s in sorted(per_seed)},
-        "throughput": {k: throughput[k] for k in ("clips_per_s_model", "clips_per_s_frontend", "batch_size",
-                                                  "threads") if k in throughput},
-        "params": dict(params),
-        "data": {"test_clips": int(n_test_clips), "window_samples": int(window_samples),
-                 "windows_per_clip": int(windows_per_clip)},
-    }
-
-
-def mlflow_test_metrics(result: ClassificationResult, throughput: dict, params: dict) -> dict[str, float]:
-    """The flat metric keys logged into a seed's MLflow run."""
-    metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss,
-               "infer_clips_per_s_model": throughput["clips_per_s_model"],
-               "infer_clips_per_s_frontend": throughput["clips_per_s_frontend"],
-               "params_frontend": params["frontend"], "params_classifier": params["classifier"],
-               "params_total": params["total"]}
+def mlflow_test_metrics(result: ClassificationResult) -> dict[str, float]:
+    """The flat test metric keys logged into a seed's MLflow run: accuracy, macro-F1, loss, per-class accuracy."""
+    metrics = {"test_accuracy": result.accuracy, "test_macro_f1": result.macro_f1, "test_loss": result.loss}
     for name, value in result.per_class_accuracy.items():
         if value is not None:
             metrics[f"test_accuracy_class_{_metric_safe(name)}"] = value

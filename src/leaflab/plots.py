@@ -21,7 +21,7 @@ matplotlib.use("Agg", force=False)  # no display needed; a no-op when a backend 
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 TBN_CHANNEL_NAMES = ("log energy", "median-subtracted")
 ROBUST_PERCENTILES = (1.0, 99.0)
@@ -329,60 +329,85 @@ def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], title: s
 
 
 # ---- comparison -----------------------------------------------------------------------------------------------
-def comparison_figure(rows: list[dict], curves: dict[str, dict[str, list[tuple[int, float]]]],
-                      dpi: int = 100) -> Figure:
-    """All variants side by side: test accuracy (mean ± 95 % CI), validation accuracy and loss per epoch,
-    training samples/s, inference clips/s and parameter counts.
-
-    rows: one dict per variant with keys variant, test_accuracy_mean, test_accuracy_ci_low/high,
-          train_samples_per_s, infer_clips_per_s_model, params_total (missing values are None).
-    curves: {variant: {"val_accuracy": [(step, value)...], "val_loss": [...]}}.
-    """
-    figure = new_figure(14, 7.5, dpi=dpi)
-    axes = figure.subplots(2, 3)
-    variants = [r["variant"] for r in rows]
+def comparison_figure(document: dict, dpi: int = 100) -> Figure:
+    """The comparison document (leaflab.comparison) as one figure: test accuracy per variant (mean, 95 % CI
+    over seeds, the seeds as dots), accuracy under each robustness axis, accuracy against the frontend's
+    multiply-accumulates per clip (the EfficientLEAF paper's view), and validation accuracy per epoch."""
+    variants = list(document["variants"])
     colours = {v: matplotlib.colormaps["tab10"](i % 10) for i, v in enumerate(variants)}
-    x = np.arange(len(variants))
+    axes_names = list(dict.fromkeys(axis for v in document["variants"].values() for axis in v["robustness"]))
+    figure = new_figure(4.2 * max(3, len(axes_names)), 8.0, dpi=dpi)
+    grid = figure.add_gridspec(2, max(3, len(axes_names)))
 
-    def bars(ax, key, title, ylabel, fmt="{:.3g}", errors=False):
-        values = np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows])
-        heights = np.nan_to_num(values)
-        yerr = None
-        if errors:
-            low = np.array([np.nan if r.get("test_accuracy_ci_low") is None else r["test_accuracy_ci_low"]
-                            for r in rows], dtype=float)
-            high = np.array([np.nan if r.get("test_accuracy_ci_high") is None else r["test_accuracy_ci_high"]
-                             for r in rows], dtype=float)
-            if np.isfinite(low).any():
-                yerr = np.vstack([np.nan_to_num(values - low), np.nan_to_num(high - values)])
-        ax.bar(x, heights, color=[colours[v] for v in variants], yerr=yerr, capsize=4)
-        for xi, value in zip(x, values):
-            ax.text(xi, 0 if not np.isfinite(value) else value, "n/a" if not np.isfinite(value) else fmt.format(value),
-                    ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(x, variants, rotation=20 if len(variants) > 4 else 0)
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, axis="y")
+    ax = figure.add_subplot(grid[0, 0])
+    for i, (name, v) in enumerate(document["variants"].items()):
+        test = v["test_accuracy"]
+        ax.scatter([i] * len(test["per_seed"]), list(test["per_seed"].values()), color=colours[name], s=14, alpha=0.6)
+        if test["ci95"]:
+            ax.errorbar([i], [test["mean"]], yerr=[[test["mean"] - test["ci95"][0]], [test["ci95"][1] - test["mean"]]],
+                        fmt="o", color=colours[name], capsize=5, markersize=7)
+        else:
+            ax.plot([i], [test["mean"]], "o", color=colours[name], markersize=7)
+        ax.annotate(f"{test['mean']:.3f}", (i, test["mean"]), textcoords="offset points", xytext=(8, 0), fontsize=8)
+    ax.set_xticks(range(len(variants)), variants)
+    ax.set_xlim(-0.6, len(variants) - 0.4)
+    ax.set_title("test accuracy (mean, 95 % CI over seeds; dots: seeds)", fontsize=9)
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3, axis="y")
 
-    bars(axes[0, 0], "test_accuracy_mean", "test accuracy (mean ± 95 % CI over seeds)", "accuracy", "{:.3f}",
-         errors=True)
-    axes[0, 0].set_ylim(0, 1.05)
-    for ax, key, title in ((axes[0, 1], "val_accuracy", "validation accuracy"),
-                           (axes[0, 2], "val_loss", "validation loss")):
-        for variant in variants:
-            series = curves.get(variant, {}).get(key) or []
-            if series:
-                steps, values = zip(*series)
-                ax.plot(steps, values, "o-", markersize=3, color=colours[variant], label=variant)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title, fontsize=10)
+    ax = figure.add_subplot(grid[0, 1])
+    for name, v in document["variants"].items():
+        macs = v["macs_per_clip"].get("frontend")
+        if macs:
+            ax.scatter([macs / 1e6], [v["test_accuracy"]["mean"]], color=colours[name], s=40, label=name)
+            if v["test_accuracy"]["ci95"]:
+                low, high = v["test_accuracy"]["ci95"]
+                ax.plot([macs / 1e6] * 2, [low, high], color=colours[name], linewidth=1.5)
+    ax.set_xscale("log")
+    costs = [v["macs_per_clip"].get("frontend") for v in document["variants"].values()]
+    costs = [c / 1e6 for c in costs if c]
+    if costs:  # at least a decade, so neighbouring variants do not squeeze the tick labels together
+        ax.set_xlim(min(costs) / 3, max(costs) * 3)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("frontend multiply-accumulates per 1-s clip (millions, log)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy against frontend cost", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    if ax.collections:
+        ax.legend(fontsize=8)
+
+    ax = figure.add_subplot(grid[0, 2])
+    for name, v in document["variants"].items():
+        curve = v.get("curves", {}).get("val_accuracy") or []
+        if curve:
+            epochs, values = zip(*curve)
+            ax.plot(epochs, values, "o-", markersize=3, color=colours[name], label=name)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("validation accuracy (mean over seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+
+    labels = {"gain_db": "input gain (dB) before loudness normalisation", "snr_db": "SNR (dB) of unseen noise",
+              "rt60_s": "reverberation RT60 (s)"}
+    for column, axis in enumerate(axes_names):
+        ax = figure.add_subplot(grid[1, column])
+        for name, v in document["variants"].items():
+            levels = v["robustness"].get(axis, {})
+            points = sorted((float(level), acc) for level, acc in levels.items())
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, "o-", color=colours[name], label=name, markersize=4)
+        ax.set_xlabel(labels.get(axis, axis))
+        ax.set_ylabel("accuracy (robustness subset)")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"robustness: {axis}", fontsize=9)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    bars(axes[1, 0], "train_samples_per_s", "training speed", "samples / s", "{:.0f}")
-    bars(axes[1, 1], "infer_clips_per_s_model", "inference (whole model, CPU)", "clips / s", "{:.0f}")
-    bars(axes[1, 2], "params_total", "parameters (total)", "parameters", "{:,.0f}")
-    figure.suptitle("variants side by side", fontsize=12)
-    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.9, hspace=0.35, wspace=0.28)
+    figure.suptitle(document["verdict"][0] if len(document["verdict"]) == 1 else "variants side by side",
+                    fontsize=9, wrap=True)
+    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.88, hspace=0.42, wspace=0.3)
     return figure

@@ -11,10 +11,8 @@ temporary copy under <repo>/.dvc/tmp/exps/…, so no run is ever written into a 
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import subprocess
 import tempfile
 import urllib.error
 import urllib.request
@@ -102,21 +100,9 @@ def experiment_id(name: str, uri: str | None = None) -> str:
 
 
 # ---- tags ----------------------------------------------------------------------------------------------------
-def git_tags(root: Path | None = None) -> dict[str, str]:
-    """git commit and dirty flag of the code that produced a run (empty when not a git checkout)."""
-    root = root or Path.cwd()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip() != ""
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
-
-
-def run_tags(variant: str, seed: int, params_hash: str) -> dict[str, str]:
-    tags = {"variant": variant, "seed": str(seed), "params_hash": params_hash, **git_tags()}
+def dvc_experiment_tags() -> dict[str, str]:
+    """The DVC experiment a stage runs in (`dvc exp run` sets these), so MLflow runs link to `dvc exp show`."""
+    tags = {}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     if os.environ.get("DVC_EXP_BASELINE_REV"):
@@ -143,6 +129,22 @@ class Run:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def tags(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.tags)
+
+    def check_identity(self, variant: str, seed: int | None, params_hash: str) -> None:
+        """Stop with one line unless this run is the training of `variant`/`seed` with `params_hash`: a stage
+        that reopens a run by an id read from a file must not log one model's results into another's run."""
+        tags = self.tags()
+        expected = {"variant": variant, "params_hash": params_hash, **({"seed": str(seed)} if seed is not None else {})}
+        wrong = {k: tags.get(k) for k, v in expected.items() if tags.get(k) != v}
+        if wrong:
+            found = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+            wanted = ", ".join(f"{k}={expected[k]!r}" for k in wrong)
+            raise LeaflabError(f"MLflow run {self.run_id} is not the training of {variant} seed {seed}: its tags say "
+                               f"{found} where {wanted} was expected (a run file edited by hand or from another "
+                               f"checkout, or params changed since training); rerun dvc repro -f train@{variant}")
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import time
 
@@ -155,8 +157,24 @@ class Run:
         """Steps already stored for a metric (resume logs only the missing ones)."""
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
+    def next_step(self, key: str) -> int:
+        """The step after the last one logged for `key` (0 if none): a rerun logs there, never twice at a step."""
+        steps = self.logged_steps(key)
+        return max(steps) + 1 if steps else 0
+
+    def has_metrics(self) -> bool:
+        return bool(self.client.get_run(self.run_id).data.metrics)
+
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
+        """The run's input data set (MLflow's Datasets panel): its DVC digest, where it lives, how it is used."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}))
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context",
+                                                                                        context)])])
 
     # artifacts
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -185,6 +203,16 @@ class Run:
         pattern = re.compile(rf"^images/{prefix}[+%]step[+%](\d+)[+%]timestamp[+%]")
         return {int(m.group(1)) for path in self.list_artifacts("images") if (m := pattern.match(path))}
 
+    def load_dict(self, artifact_file: str) -> dict:
+        """A JSON artifact of the run (e.g. evaluate/predictions.json)."""
+        with tempfile.TemporaryDirectory(prefix="leaflab-artifact-") as tmp, _quiet_downloads():
+            try:
+                path = self.client.download_artifacts(self.run_id, artifact_file, tmp)
+            except (mlflow.exceptions.MlflowException, OSError) as err:
+                raise LeaflabError(f"MLflow run {self.run_id} has no readable artifact {artifact_file} ({err}); "
+                                   "evaluate it again (dvc repro -f evaluate@<variant>)") from None
+            return json.loads(Path(path).read_text())
+
     def list_artifacts(self, path: str | None = None) -> list[str]:
         return [a.path for a in self.client.list_artifacts(self.run_id, path)]
 
@@ -198,8 +226,25 @@ class Run:
     def mark_running(self) -> None:
         self.client.update_run(self.run_id, status="RUNNING")
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", reason: str = "") -> None:
+        """End the run; `reason` (why it did not finish) is kept as the tag leaflab.end_reason."""
+        if reason:
+            self.set_tags({"leaflab.end_reason": reason})
         self.client.set_terminated(self.run_id, status=status)
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow download progress bar on stderr (a command's one-line errors stay one line)."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
 def _param_text(value: Any) -> str:
@@ -208,11 +253,15 @@ def _param_text(value: Any) -> str:
 
 
 def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> Run:
-    """Create a new run (status RUNNING) in `experiment`."""
+    """Create a new run (status RUNNING) in `experiment`, with `tags` and the ones MLflow's own context
+    providers add (user, source file and type, git commit), as the fluent API would."""
+    from mlflow.tracking.context.registry import resolve_tags
+
     uri = tracking_uri()
     check_reachable(uri)
     c = client(uri)
-    created = c.create_run(experiment_id(experiment, uri), run_name=run_name, tags=tags)
+    created = c.create_run(experiment_id(experiment, uri), run_name=run_name,
+                           tags=resolve_tags({**dvc_experiment_tags(), **tags}))
     return Run(created.info.run_id, c)
 
 
@@ -230,12 +279,35 @@ def open_run(run_id: str) -> Run:
     return Run(run_id, c)
 
 
-def run_exists(run_id: str) -> bool:
+def comparison_run(experiment: str, members: list[str], tags: dict[str, str]) -> Run:
+    """The comparison run of exactly these member runs (tag leaflab.kind=comparison), reopened if one exists,
+    else created; the caller finishes it."""
+    member_list = ",".join(sorted(members))
+    for found in search_runs(experiment, "tags.`leaflab.kind` = 'comparison'"):
+        if found.data.tags.get("leaflab.members") == member_list:
+            run = Run(found.info.run_id, client())
+            run.set_tags(tags)
+            return run
+    return start_run(experiment, "comparison", {"leaflab.kind": "comparison", "leaflab.members": member_list, **tags})
+
+
+def find_run(run_id: str) -> Run | None:
+    """The run with this id, or None when the store does not have it."""
+    if not run_id:
+        return None
+    c = client()
     try:
-        client().get_run(run_id)
-        return True
+        c.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        return False
+        return None
+    return Run(run_id, c)
+
+
+def running_runs(experiment: str, variant: str, seed: int) -> list[Run]:
+    """The training runs of `variant` and `seed` in `experiment` whose status is RUNNING."""
+    found = search_runs(experiment, f"tags.variant = '{variant}' and tags.seed = '{seed}' and "
+                                    "attributes.status = 'RUNNING'")
+    return [Run(r.info.run_id, client()) for r in found if r.data.tags.get("leaflab.kind", "training") == "training"]
 
 
 @contextmanager
@@ -253,12 +325,6 @@ def search_runs(experiment: str, filter_string: str = "", order_by: Iterable[str
         return []
     return list(c.search_runs([found.experiment_id], filter_string=filter_string,
                               order_by=list(order_by) or ["attributes.start_time DESC"], max_results=5000))
-
-
-def figure_png_bytes(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=figure.dpi)
-    return buffer.getvalue()
 
 
 # ---- analysis side: plain-data views of runs (comparison, CLI) and the UI command --------------------------------

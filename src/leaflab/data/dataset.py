@@ -13,7 +13,8 @@ batches), so the memory map is read once per batch. Per clip, as in CPJKU/Effici
      offset is drawn from a generator seeded by (seed, epoch, clip index), so it does not depend on worker
      processes, DDP ranks or a resume; a shorter clip is zero-padded at the end;
   3. gain = min(10^(max_gain_db/20), 10^(target_db/20) / (std(x) + 1e-9)), y = gain · x, with std the
-     unbiased (n − 1) standard deviation of the cropped window, as torch.std in the reference.
+     unbiased (n − 1) standard deviation of the cropped window, as torch.std in the reference (train.loudness_normalize:
+     false leaves x as it is).
 Evaluation windows (`eval_windows`) split a clip into consecutive non-overlapping windows of crop_samples, the
 last one zero-padded; with clip_seconds = crop_seconds (the default) that is the whole clip.
 """
@@ -128,10 +129,11 @@ class TrainingClips(torch.utils.data.Dataset):
     """
 
     def __init__(self, prepared_dir: str | Path, split: str, crop_samples: int, seed: int,
-                 target_db: float, max_gain_db: float, random_crop: bool = True):
+                 target_db: float, max_gain_db: float, random_crop: bool = True, normalize: bool = True):
         self.prepared_dir, self.split = Path(prepared_dir), split
         self.crop_samples, self.seed = crop_samples, seed
         self.target_db, self.max_gain_db, self.random_crop = target_db, max_gain_db, random_crop
+        self.normalize = normalize
         self.epoch = 0
         audio, self.labels = open_split(prepared_dir, split)
         self.n_clips, self.clip_samples = audio.shape
@@ -162,20 +164,20 @@ class TrainingClips(torch.utils.data.Dataset):
             offset = crop_offset(self.clip_samples, self.crop_samples, self.seed, self.epoch, int(index)) \
                 if self.random_crop else 0
             clips[row] = crop_or_pad(clip, self.crop_samples, offset).astype(np.float32) / INT16_SCALE
-        x = loudness_normalize(clips, self.target_db, self.max_gain_db)
+        x = loudness_normalize(clips, self.target_db, self.max_gain_db) if self.normalize else clips
         return torch.from_numpy(x), torch.from_numpy(self.labels[indices].copy()), torch.from_numpy(indices)
 
 
 def eval_batch(audio: np.ndarray, indices: np.ndarray, crop_samples: int, target_db: float,
-               max_gain_db: float) -> tuple[np.ndarray, np.ndarray]:
+               max_gain_db: float, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Evaluation input of some clips: (windows float32 [W, crop_samples], owner [W] = position in `indices`)."""
     windows, owners = [], []
     for position, index in enumerate(indices):
         clip_windows = eval_windows(np.asarray(audio[int(index)]), crop_samples).astype(np.float32) / INT16_SCALE
         windows.append(clip_windows)
         owners.append(np.full(len(clip_windows), position, dtype=np.int64))
-    x = loudness_normalize(np.concatenate(windows), target_db, max_gain_db)
-    return x, np.concatenate(owners)
+    x = np.concatenate(windows)
+    return (loudness_normalize(x, target_db, max_gain_db) if normalize else x), np.concatenate(owners)
 
 
 def fixed_example_indices(labels: np.ndarray, n: int) -> np.ndarray:

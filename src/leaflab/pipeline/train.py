@@ -1,0 +1,74 @@
+"""Stage train@<variant>: one model per seed of train.seeds, each in its own MLflow run, then the outputs.
+
+Writes runs/<V>/seed-<s>/model.pt and runs/<V>/mlflow_run.json (the DVC output), reports/<V>/train_metrics.json
+(a DVC metric: the headline numbers, means over seeds), reports/<V>/history.csv (per-epoch means over seeds, a
+DVC plot) and reports/<V>/history_per_seed.csv; then marks every seed's run FINISHED (a published training:
+the next run of the stage trains anew).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Callable
+
+from leaflab import distributed, tracking, training
+from leaflab.config import Config
+from leaflab.data import dataset as data
+from leaflab.layout import Layout, write_csv, write_json
+from leaflab.models import save_trained
+
+HISTORY_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "samples_per_s")
+
+
+def run(cfg: Config, variant: str, layout: Layout = Layout(), say: Callable[[str], None] = print) -> None:
+    cfg.variant_frontend(variant)  # an unknown variant stops here, naming the defined ones
+    data.check_prepared(layout.prepared)
+    tracking.check_reachable(tracking.tracking_uri())
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        results = [training.train(cfg, variant, seed, layout=layout, ctx=ctx, say=say) for seed in cfg.train.seeds]
+        if ctx.is_main:
+            publish(cfg, variant, results, layout)
+            for result in results:
+                tracking.open_run(result.run_id).finish("FINISHED")
+        distributed.barrier(ctx)
+    finally:
+        distributed.cleanup()
+
+
+def publish(cfg: Config, variant: str, results: list[training.TrainResult], layout: Layout) -> None:
+    """The trained models, the run file and the training reports of `variant`."""
+    classes = data.load_classes(layout.prepared)
+    params_hash = cfg.variant_params_hash(variant)
+    for result in results:
+        save_trained(layout.model_file(variant, result.seed), result.model,
+                     frontend_config=cfg.frontend_config(variant), model_config=cfg.model, classes=classes,
+                     variant=variant, seed=result.seed, params_hash=params_hash,
+                     sample_rate=cfg.data.sample_rate, crop_samples=round(cfg.train.crop_seconds * cfg.data.sample_rate),
+                     extra={"run_id": result.run_id, "epochs": len(result.history),
+                            "loudness_normalize": cfg.train.loudness_normalize,
+                            "loudness_target_db": cfg.train.loudness_target_db,
+                            "loudness_max_gain_db": cfg.train.loudness_max_gain_db})
+    reports = layout.reports(variant)
+    write_json(reports / "train_metrics.json", headline(results))
+    epochs = range(max(len(r.history) for r in results))
+    write_csv(reports / "history.csv", ["epoch", *HISTORY_KEYS],
+              ([epoch + 1, *(_mean_at(results, epoch, key) for key in HISTORY_KEYS)] for epoch in epochs))
+    write_csv(reports / "history_per_seed.csv", ["seed", "epoch", *HISTORY_KEYS],
+              ([r.seed, epoch + 1, *(f"{row[key]:.6g}" for key in HISTORY_KEYS)]
+               for r in results for epoch, row in enumerate(r.history)))
+    layout.write_run_file(variant, params_hash, [(r.seed, r.run_id) for r in results])
+
+
+def headline(results: list[training.TrainResult]) -> dict:
+    """train_metrics.json: final-epoch validation numbers and training speed, means over the seeds."""
+    finals = [r.history[-1] for r in results]
+    return {"val_accuracy": statistics.fmean(f["val_accuracy"] for f in finals),
+            "val_loss": statistics.fmean(f["val_loss"] for f in finals),
+            "train_samples_per_s": statistics.fmean(row["samples_per_s"] for r in results for row in r.history),
+            "epochs": max(len(r.history) for r in results), "seeds": len(results)}
+
+
+def _mean_at(results: list[training.TrainResult], epoch: int, key: str) -> str:
+    values = [r.history[epoch][key] for r in results if epoch < len(r.history)]
+    return f"{statistics.fmean(values):.6g}"
