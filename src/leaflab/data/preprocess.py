@@ -30,15 +30,13 @@ import csv
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from leaflab.data.atomic import replace_dir
+from leaflab.data.atomic import replace_dir, staging_dir
 from leaflab.data.splits import (SPLITS, TESTING_LIST, VALIDATION_LIST, assign_splits, check_speakers_disjoint,
                                  read_split_list, speaker_of)
 from leaflab.errors import LeaflabError
@@ -188,9 +186,7 @@ def prepare_dataset(raw_dir: str | Path, out_dir: str | Path, sample_rate: int =
     label_of = {word: i for i, word in enumerate(classes)}
     by_split = {split: [p for p in paths if assignment[p] == split] for split in SPLITS}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staging_dir(out_dir) as tmp:
         arrays = {s: _open_rows(tmp / f"{s}.npy", len(by_split[s]), clip_samples) for s in SPLITS}
         written = {s: 0 for s in SPLITS}
         labels: dict[str, list[int]] = {s: [] for s in SPLITS}
@@ -272,9 +268,6 @@ def prepare_dataset(raw_dir: str | Path, out_dir: str | Path, sample_rate: int =
             summary["per_class"][split][rel.split("/", 1)[0]] += 1
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
