@@ -29,6 +29,12 @@ def tone(seconds: float, freq: float = 440.0, sr: int = SR, amplitude: float = 0
     return x
 
 
+def loudest_window_reference(x: np.ndarray, n: int) -> int:
+    """Start of the n-sample window of int16 x with the largest sum of |x| (the first on a tie), by brute force."""
+    sums = [np.abs(x[start:start + n].astype(np.int64)).sum() for start in range(x.size - n + 1)]
+    return int(np.argmax(sums))
+
+
 def make_speechcommands_tree(root: Path, words=("cat", "dog", "yes"), speakers=None, clips_per_speaker: int = 1,
                              seconds: float = 0.5) -> dict[str, str]:
     """A tiny Speech Commands v2 layout in `root`: word folders of 16-bit WAVs, the two split lists (hash rule on
