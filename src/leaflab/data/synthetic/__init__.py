@@ -303,7 +303,7 @@ def _init_zygote(settings: SynthesisSettings) -> None:
     """
     import soundfile  # noqa: F401
 
-    from leaflab.data.espeak import EspeakSynthesizer
+    from leaflab.data.synthetic.espeak import EspeakSynthesizer
 
     _ZYGOTE["renderer"] = ClipRenderer(EspeakSynthesizer(), settings)
     gc.freeze()  # the forked children's GC then leaves the inherited objects alone (fewer copy-on-write pages)
@@ -355,7 +355,7 @@ def synthesize_dataset(synthetic, out_dir: str | Path, workers: int = 2, progres
     gain_db, validation_percent, testing_percent, seed). `variants`: eSpeak voice variants to draw from
     (default: all that eSpeak NG ships).
     """
-    from leaflab.data.espeak import available_variants
+    from leaflab.data.synthetic.espeak import available_variants
 
     out_dir = Path(out_dir)
     unknown_noise = sorted(set(synthetic.noise_types) - set(NOISE_TYPES))
@@ -400,7 +400,7 @@ def _check_voices(settings: SynthesisSettings, speakers: list[Speaker]) -> None:
 
 
 def _try_voices(voices: list[str]) -> None:
-    from leaflab.data.espeak import EspeakSynthesizer
+    from leaflab.data.synthetic.espeak import EspeakSynthesizer
 
     synth = EspeakSynthesizer()
     for voice in voices:
