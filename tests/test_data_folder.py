@@ -10,7 +10,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from conftest import repo_params
 from data_helpers import BROKEN, SR, loudest_window_reference, make_folder_dataset, tone
+from leaflab.config import config_from_mapping
 from leaflab.data.folder import check_folder, record_folder
 from leaflab.data.preprocess import prepare_dataset
 from leaflab.errors import LeaflabError
@@ -124,3 +126,12 @@ def test_folder_checks_and_record(tmp_path):
         make_folder_dataset(inside)
         with pytest.raises(LeaflabError, match="overlaps .* which the pipeline replaces"):
             record_folder(inside, raw / "folder", outputs=(raw, tmp_path / "data" / "prepared"))
+
+
+def test_folder_settings_in_params_yaml():
+    cfg = config_from_mapping(repo_params({"data": {"source": "folder", "folder": {"path": "/srv/words"}}}))
+    assert (cfg.data.source, cfg.data.folder.path, cfg.data.folder.validation_percent) == ("folder", "/srv/words",
+                                                                                             10.0)
+    for bad, key in (({"testing_percent": 60.0}, "data.folder.testing_percent"), ({"path": " "}, "data.folder.path")):
+        with pytest.raises(LeaflabError, match=key.replace(".", r"\.")):
+            config_from_mapping(repo_params({"data": {"folder": bad}}))
