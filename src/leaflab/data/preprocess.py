@@ -69,14 +69,14 @@ def _init_decode_worker() -> None:
 
 # ---- scanning ------------------------------------------------------------------------------------------------
 def scan_raw_dir(raw_dir: Path) -> tuple[list[str], list[str]]:
-    """(classes, relative clip paths): word folders not starting with '_' or '.', their non-hidden files."""
+    """(classes, relative clip paths): label folders not starting with '_' or '.', their non-hidden files."""
     if not raw_dir.is_dir():
         raise LeaflabError(f"{raw_dir}: raw dataset folder not found; run the download stage first "
                            "(python stages/download.py, or dvc repro)")
     classes = sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
     if not classes:
-        raise LeaflabError(f"{raw_dir}: no word folders found; expected <word>/<speaker>_nohash_<n>.wav "
-                           "(re-run the download stage)")
+        raise LeaflabError(f"{raw_dir}: no label folders found; expected <label>/<file>, e.g. "
+                           "yes/0a1b2c3d_nohash_0.wav (docs/data.md), or re-run the download stage")
     paths = []
     for word in classes:
         with os.scandir(raw_dir / word) as entries:
