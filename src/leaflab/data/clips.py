@@ -143,7 +143,7 @@ def to_int16(window: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float | 
     values = window.astype(np.float64) * INT16_SCALE
     rounded = np.round(values)
     scaled_from = None
-    if rounded.size and (rounded.max() > INT16_MAX or rounded.min() < -INT16_SCALE):
+    if rounded.max() > INT16_MAX or rounded.min() < -INT16_SCALE:
         peak = float(np.abs(values).max())
         rounded = np.round(values * (INT16_MAX / peak))
         scaled_from = peak / INT16_SCALE
