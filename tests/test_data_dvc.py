@@ -103,6 +103,10 @@ def test_a_folder_goes_through_download_and_preprocess_and_adding_a_file_reruns_
         assert {m["path"]: m["split"] for m in csv.DictReader(f)} == expected
     assert json.loads((project / "data/raw/folder/folder.json").read_text())["path"] == str(folder)
     assert status(project, "download", "preprocess") == {}
+    # a rerun on the same input gives the same data/prepared hash, so the stages after it would not rerun
+    before = prepared_hash(project)
+    assert ran(run(["dvc", "repro", "-f", "-s", "preprocess"], project)) == {"preprocess"}
+    assert prepared_hash(project) == before
 
     sf_write(folder / "zwei" / "dave_nohash_1.wav")
     stale = status(project, "download", "preprocess")
@@ -111,6 +115,11 @@ def test_a_folder_goes_through_download_and_preprocess_and_adding_a_file_reruns_
     with open(prepared / "manifest.csv", newline="") as f:
         assert "zwei/dave_nohash_1.wav" in {m["path"] for m in csv.DictReader(f)}
     assert status(project, "download", "preprocess") == {}
+
+
+def prepared_hash(project: Path) -> str:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return next(o["md5"] for o in lock["stages"]["preprocess"]["outs"] if o["path"] == "data/prepared")
 
 
 def sf_write(path: Path) -> None:

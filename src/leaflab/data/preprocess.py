@@ -12,7 +12,8 @@ and writes to `out_dir` (built beside it and renamed into place at the end, atom
     classes.json                         label list, index = label (sorted)
     manifest.csv                         split, index (row in the split array), path (relative to raw_dir), label, speaker
     rejected.csv                         path, reason (header only when nothing was rejected)
-    summary.json                         counts per split and per class, rejections, cut and scaled clips, clips/s
+    summary.json                         counts per split and per class, rejections, cut and scaled clips (no
+                                         timings: the same input gives the same bytes, so DVC sees no change)
 
 Each file becomes one clip by the rules of clips.py (whole file read, truncation and silence checks, mono,
 resampled, its loudest `clip_seconds` kept, scaled rather than clipped to 16 bits). A file that cannot be used
@@ -119,7 +120,8 @@ def prepare_dataset(raw_dir: str | Path, out_dir: str | Path, sample_rate: int =
                     max_rejected_fraction: float = 0.01, workers: int = 2, source: str = "",
                     hash_percent: tuple[float, float] | None = None, progress: bool = True,
                     chunk_files: int = CHUNK_FILES) -> dict:
-    """Decode every clip of `raw_dir` into per-split arrays in `out_dir` (replaced atomically); return the summary.
+    """Decode every clip of `raw_dir` into per-split arrays in `out_dir` (replaced atomically); return the summary
+    (summary.json plus the timings `seconds` and `clips_per_s`).
 
     hash_percent: (validation %, testing %) of the hash rule, for a folder whose split lists are optional;
     None: `raw_dir` must carry validation_list.txt and testing_list.txt.
@@ -224,7 +226,8 @@ def prepare_dataset(raw_dir: str | Path, out_dir: str | Path, sample_rate: int =
         }
         for split, _, rel, _, _ in manifest:
             summary["per_class"][split][rel.split("/", 1)[0]] += 1
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        recorded = {k: v for k, v in summary.items() if k not in ("seconds", "clips_per_s")}
+        (tmp / "summary.json").write_text(json.dumps(recorded, indent=2) + "\n")
         replace_dir(tmp, out_dir)
     return summary
 
