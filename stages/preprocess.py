@@ -1,6 +1,8 @@
-"""DVC stage `preprocess`: data/raw/<data.source>/ → data/prepared/ (per-split int16 arrays, labels, manifest).
+"""DVC stage `preprocess`: the raw clips → data/prepared/ (per-split int16 arrays, labels, manifest, rejected.csv).
 
-Reads params.yaml: data.source, data.sample_rate, data.clip_seconds, data.max_rejected_fraction, data.workers.
+The raw clips: data/raw/<data.source>/, or data.folder.path for `data.source: folder`.
+Reads params.yaml: data.source, data.sample_rate, data.clip_seconds, data.max_rejected_fraction, data.workers,
+data.folder (path, and the hash split's percentages for a folder without split lists).
 """
 
 import sys
@@ -17,10 +19,15 @@ def main() -> None:
     from leaflab.data.preprocess import format_summary, prepare_dataset
 
     cfg = load_config("params.yaml")
-    summary = prepare_dataset(RAW_ROOT / cfg.data.source, PREPARED, sample_rate=cfg.data.sample_rate,
-                              clip_seconds=cfg.data.clip_seconds,
-                              max_rejected_fraction=cfg.data.max_rejected_fraction, workers=cfg.data.workers,
-                              source=cfg.data.source)
+    data = cfg.data
+    if data.source == "folder":  # read in place (the download stage checked that it is there)
+        raw_dir = Path(data.folder.path)
+        hash_percent = (data.folder.validation_percent, data.folder.testing_percent)
+    else:
+        raw_dir, hash_percent = RAW_ROOT / data.source, None
+    summary = prepare_dataset(raw_dir, PREPARED, sample_rate=data.sample_rate, clip_seconds=data.clip_seconds,
+                              max_rejected_fraction=data.max_rejected_fraction, workers=data.workers,
+                              source=data.source, hash_percent=hash_percent)
     print(format_summary(summary))
 
 

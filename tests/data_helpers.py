@@ -29,6 +29,12 @@ def tone(seconds: float, freq: float = 440.0, sr: int = SR, amplitude: float = 0
     return x
 
 
+def loudest_window_reference(x: np.ndarray, n: int) -> int:
+    """Start of the n-sample window of int16 x with the largest sum of |x| (the first on a tie), by brute force."""
+    sums = [np.abs(x[start:start + n].astype(np.int64)).sum() for start in range(x.size - n + 1)]
+    return int(np.argmax(sums))
+
+
 def make_speechcommands_tree(root: Path, words=("cat", "dog", "yes"), speakers=None, clips_per_speaker: int = 1,
                              seconds: float = 0.5) -> dict[str, str]:
     """A tiny Speech Commands v2 layout in `root`: word folders of 16-bit WAVs, the two split lists (hash rule on
@@ -56,6 +62,36 @@ def make_speechcommands_tree(root: Path, words=("cat", "dog", "yes"), speakers=N
     (root / "README.md").write_text("tiny speech commands\n")
     (root / "LICENSE").write_text("CC BY 4.0\n")
     return splits
+
+
+FOLDER_SPEAKERS = {"alice": "train", "bob": "train", "carol": "train", "dave": "train",  # by the hash rule
+                   "anna": "validation", "chen": "validation", "heidi": "test", "olivia": "test"}  # at 10 %/10 %
+BROKEN = "hello/bob_nohash_1.wav"
+
+
+def make_folder_dataset(root: Path, labels=("hello", "lights_on", "zwei"),
+                        speakers: dict[str, str] = FOLDER_SPEAKERS) -> dict[str, str]:
+    """A user's own folder in `root`: `<label>/<speaker>_nohash_0.<ext>` in WAV, FLAC and OGG, at 16 and 44.1 kHz,
+    mono and stereo, 0.6 to 1.4 s long, plus one broken file (BROKEN), a README and a `_background_noise_`
+    folder that are not clips. No split lists: the default hash rule (10 %, 10 %) puts every speaker in the
+    split `speakers` names. Returns {relative path of each good clip: split}."""
+    formats = (("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS"))
+    expected = {}
+    for li, label in enumerate(labels):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for si, (speaker, split) in enumerate(speakers.items()):
+            rate = SR if (li + si) % 2 == 0 else 44100
+            extension, subtype = formats[(li + si) % 3]
+            audio = tone(0.6 + 0.1 * ((li * 3 + si) % 9), 220.0 + 40 * li + 15 * si, sr=rate,
+                         channels=1 + si % 2, seed=li * 10 + si)
+            rel = f"{label}/{speaker}_nohash_0.{extension}"
+            sf.write(root / rel, audio, rate, subtype=subtype)
+            expected[rel] = split
+    (root / BROKEN).write_text("not a recording\n")
+    (root / "README.md").write_text("my words\n")
+    (root / "_background_noise_").mkdir(exist_ok=True)
+    sf.write(root / "_background_noise_" / "hum.wav", tone(2.0, 50.0), SR, subtype="PCM_16")
+    return expected
 
 
 def tar_gz_of(folder: Path, archive: Path, prefix: str = ".") -> Path:

@@ -9,9 +9,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from data_helpers import SR, make_speechcommands_tree, tone
+from data_helpers import SR, loudest_window_reference, make_speechcommands_tree, tone
 from leaflab.data import preprocess
-from leaflab.data.preprocess import decode_clip, prepare_dataset, shrink_npy_rows
+from leaflab.data.preprocess import prepare_dataset, shrink_npy_rows
 from leaflab.errors import LeaflabError
 
 
@@ -70,7 +70,7 @@ def test_prepares_speechcommands_layout_with_exact_values(raw, tmp_path):
     assert written["counts"] == {s: arrays[s].shape[0] for s in arrays}
     assert written["per_class"]["train"]["cat"] == sum(1 for m in manifest if m["split"] == "train"
                                                        and m["path"].startswith("cat/"))
-    assert written["source"] == "test" and written["clips_per_s"] > 0
+    assert written["source"] == "test" and summary["clips_per_s"] > 0
     assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
 
 
@@ -93,7 +93,7 @@ def test_bad_files_are_rejected_with_reasons_and_the_rest_is_intact(raw, tmp_pat
     sf.write(raw_root / "dog/badbad04_nohash_0.wav", nan, SR, subtype="FLOAT")
     sf.write(raw_root / "yes/badbad05_nohash_0.wav", np.zeros(0, np.float32), SR, subtype="PCM_16")
     sf.write(raw_root / "yes/badbad06_nohash_0.wav", np.zeros(800, np.int16), SR, subtype="PCM_16")
-    # good but unusual files: stereo float at 8 kHz (resampled), 1.5 s (cut), 24-bit
+    # good but unusual files: stereo float at 8 kHz (resampled), 1.5 s (cut to its loudest second), 24-bit
     sf.write(raw_root / "yes/0000aaaa_nohash_0.wav", tone(0.7, sr=8000, channels=2), 8000, subtype="FLOAT")
     sf.write(raw_root / "cat/0000bbbb_nohash_0.wav", tone(1.5, 300), SR, subtype="PCM_16")
     sf.write(raw_root / "dog/0000cccc_nohash_0.wav", tone(0.3, 500), SR, subtype="PCM_24")
@@ -113,8 +113,9 @@ def test_bad_files_are_rejected_with_reasons_and_the_rest_is_intact(raw, tmp_pat
     for path in splits:  # the good files are intact
         expected = sf.read(raw_root / path, dtype="int16")[0]
         np.testing.assert_array_equal(rows[path][:expected.size], expected)
-    np.testing.assert_array_equal(rows["cat/0000bbbb_nohash_0.wav"],
-                                  sf.read(raw_root / "cat/0000bbbb_nohash_0.wav", dtype="int16")[0][:SR])
+    long = sf.read(raw_root / "cat/0000bbbb_nohash_0.wav", dtype="int16")[0]
+    start = loudest_window_reference(long, SR)
+    np.testing.assert_array_equal(rows["cat/0000bbbb_nohash_0.wav"], long[start:start + SR])
     assert rows["dog/0000cccc_nohash_0.wav"][:4800].any() and not rows["dog/0000cccc_nohash_0.wav"][4800:].any()
     stereo, rate = sf.read(raw_root / "yes/0000aaaa_nohash_0.wav", dtype="float32")
     mono16k = AF.resample(torch.from_numpy(stereo.mean(axis=1)), rate, SR).numpy()
@@ -166,6 +167,19 @@ def test_process_pool_gives_the_same_arrays(raw, tmp_path, monkeypatch):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
+def test_a_rerun_writes_the_same_bytes(raw, tmp_path):
+    """DVC hashes the whole data/prepared folder: a rerun on the same input must not change one byte of it (a
+    timing in summary.json would make every rerun retrain every variant)."""
+    raw_root, _ = raw
+    (raw_root / "dog/bad00000_nohash_0.wav").write_text("garbage")
+    for name in ("first", "second"):
+        prepare_dataset(raw_root, tmp_path / name, workers=1, max_rejected_fraction=0.1, progress=False)
+    files = sorted(p.name for p in (tmp_path / "first").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "second").iterdir()) and "summary.json" in files
+    for name in files:
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+
+
 def test_shrink_npy_rows(tmp_path):
     path = tmp_path / "a.npy"
     array = np.lib.format.open_memmap(path, mode="w+", dtype=np.int16, shape=(1000, 7))
@@ -178,11 +192,3 @@ def test_shrink_npy_rows(tmp_path):
     np.testing.assert_array_equal(loaded, np.arange(7000, dtype=np.int16).reshape(1000, 7)[:998])
     shrink_npy_rows(path, 0)
     assert np.load(path).shape == (0, 7)
-
-
-def test_decode_clip_pads_and_cuts(tmp_path):
-    sf.write(tmp_path / "a.wav", tone(0.25), SR, subtype="PCM_16")
-    out = decode_clip(tmp_path / "a.wav", SR, 8000)
-    assert out.dtype == np.int16 and out.shape == (8000,)
-    np.testing.assert_array_equal(out[:4000], sf.read(tmp_path / "a.wav", dtype="int16")[0])
-    assert decode_clip(tmp_path / "a.wav", SR, 1000).shape == (1000,)

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from leaflab.config import SyntheticConfig
-from leaflab.data.espeak import EspeakSynthesizer, available_variants
+from leaflab.data.synthetic.espeak import EspeakSynthesizer, available_variants
 from leaflab.data.splits import which_set
 from leaflab.data.synthetic import coloured_noise, mix_clip, plan_speakers, synthesize_dataset
 from leaflab.errors import LeaflabError

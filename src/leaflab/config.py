@@ -76,14 +76,25 @@ class SpeechCommandsConfig:
 
 
 @dataclass(frozen=True)
+class FolderConfig:
+    path: str = setting("data/folder", lambda v: None if v.strip() else "a folder path",
+                        "your recordings, <label>/<file>; absolute, or relative to the repository")
+    validation_percent: float = setting(10.0, percentage_below_half,
+                                        "without split lists in the folder: hash split, share for validation")
+    testing_percent: float = setting(10.0, percentage_below_half,
+                                     "without split lists in the folder: hash split, share for test")
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    source: str = setting("synthetic", one_of("synthetic", "speechcommands"))
+    source: str = setting("synthetic", one_of("synthetic", "speechcommands", "folder"))
     sample_rate: int = setting(16000, lambda v: None if 4000 <= v <= 96000 else "an integer in [4000, 96000] Hz")
     clip_seconds: float = setting(1.0, in_range(0.1, 30, "seconds"))
     max_rejected_fraction: float = setting(0.01, fraction)
     workers: int = setting(2, positive, "processes for synthesis / decoding")
     synthetic: SyntheticConfig = setting(SyntheticConfig())
     speechcommands: SpeechCommandsConfig = setting(SpeechCommandsConfig())
+    folder: FolderConfig = setting(FolderConfig())
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,24 @@
-"""Raw clips (Speech Commands layout) → one compact int16 array per split, memory-mappable.
+"""Raw clips (`<label>/<file>` folders) → one compact int16 array per split, memory-mappable.
 
     prepare_dataset(raw_dir, out_dir, sample_rate=16000, clip_seconds=1.0)
 
-Reads `raw_dir/<word>/<file>` for every word folder (folders starting with `_` or `.`, e.g.
-`_background_noise_`, and top-level files are ignored), assigns splits from `validation_list.txt` /
-`testing_list.txt` (everything else is train) after checking that no speaker is in two splits, and writes to
-`out_dir` (via a temporary folder renamed into place at the end):
+Reads `raw_dir/<label>/<file>` for every label folder (folders starting with `_` or `.`, e.g.
+`_background_noise_`, and top-level files are ignored; the labels are the folder names, sorted), assigns
+splits (splits.assign_dataset_splits: the two list files, or the hash rule when they are optional and absent)
+and writes to `out_dir` (built beside it and renamed into place at the end, atomic.staging_dir):
 
     {train,validation,test}.npy          int16 [n, clip_samples]   (np.load(..., mmap_mode="r"))
     {train,validation,test}_labels.npy   int64 [n]
-    classes.json                         word list, index = label (sorted)
+    classes.json                         label list, index = label (sorted)
     manifest.csv                         split, index (row in the split array), path (relative to raw_dir), label, speaker
     rejected.csv                         path, reason (header only when nothing was rejected)
-    summary.json                         counts per split and per class, rejections, clips/s, source
+    summary.json                         counts per split and per class, rejections, cut and scaled clips (no
+                                         timings: the same input gives the same bytes, so DVC sees no change)
 
-Each clip is decoded with soundfile, downmixed to mono (channel mean), resampled to `sample_rate` with
-torchaudio.functional.resample when its rate differs, then zero-padded at the end or cut to `clip_seconds`.
-int16 input round-trips exactly (x/32768 → ·32768). A file that cannot be used (unreadable, empty, zero
-samples, not audio, NaN/Inf samples, all-zero) is listed in rejected.csv with the reason; the stage fails only
-when more than `max_rejected_fraction` of the clips are rejected.
+Each file becomes one clip by the rules of clips.py (whole file read, truncation and silence checks, mono,
+resampled, its loudest `clip_seconds` kept, scaled rather than clipped to 16 bits). A file that cannot be used
+is listed in rejected.csv with the reason; the stage fails only when more than `max_rejected_fraction` of the
+files are rejected, or when a split has no clip (training and evaluation need all three).
 
 Speed and memory: files are decoded in chunks by a process pool; each chunk's rows are streamed into the
 split's np.lib.format.open_memmap, so memory stays at a few chunks whatever the dataset size.
@@ -30,17 +30,16 @@ import csv
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from leaflab.data.atomic import replace_dir
-from leaflab.data.splits import (SPLITS, TESTING_LIST, VALIDATION_LIST, assign_splits, check_speakers_disjoint,
-                                 read_split_list, speaker_of)
+from leaflab.data import clips
+from leaflab.data.atomic import replace_dir, staging_dir
+from leaflab.data.clips import ClipNotes, RejectedClip, decode_clip
+from leaflab.data.splits import SPLITS, TESTING_LIST, VALIDATION_LIST, assign_dataset_splits, speaker_of
 from leaflab.errors import LeaflabError
 
 CHUNK_FILES = 256
@@ -48,90 +47,37 @@ FLUSH_EVERY_CHUNKS = 32  # ≈ 260 MB of 1-s clips at 16 kHz
 POOL_MIN_FILES = 20000  # below this, starting worker processes costs more than it saves (decoding ≈ 0.6 ms/clip)
 
 
-class RejectedClip(Exception):
-    """A clip that cannot be used; the message is the reason written to rejected.csv."""
-
-
-# ---- decoding (runs in the workers) ------------------------------------------------------------------------------
-_IN_WORKER = False
-
-
-def _resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    import torch  # imported only when a clip needs resampling (slow to import)
-    import torchaudio.functional as AF
-
-    if _IN_WORKER and torch.get_num_threads() != 1:
-        torch.set_num_threads(1)  # one process per core already
-    with torch.no_grad():
-        return AF.resample(torch.from_numpy(np.ascontiguousarray(x)), orig_rate, new_rate).numpy()
-
-
-def decode_clip(path: Path, sample_rate: int, clip_samples: int) -> np.ndarray:
-    """int16 [clip_samples]: mono, at sample_rate, padded at the end or cut; RejectedClip with the reason."""
-    import soundfile as sf
-
-    try:
-        size = os.stat(path).st_size
-    except OSError as err:
-        raise RejectedClip(f"unreadable file ({err.strerror})") from None
-    if size == 0:
-        raise RejectedClip("empty file (0 bytes)")
-    try:
-        with sf.SoundFile(path) as f:
-            rate, frames = f.samplerate, f.frames
-            if frames == 0:
-                raise RejectedClip("zero-length audio (0 samples)")
-            needed = int(np.ceil(clip_samples * rate / sample_rate)) + 64  # enough for the resampler's edges
-            audio = f.read(min(frames, needed), dtype="float32", always_2d=True)
-    except RejectedClip:
-        raise
-    except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / TypeError for non-audio
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RejectedClip(f"not readable as audio ({message})") from None
-    if audio.shape[0] == 0:
-        raise RejectedClip("zero-length audio (0 samples)")
-    if not np.isfinite(audio).all():
-        raise RejectedClip("non-finite samples (NaN or Inf)")
-    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
-    if not mono.any():
-        raise RejectedClip("silent (every sample is zero)")
-    if rate != sample_rate:
-        mono = _resample(mono, rate, sample_rate)
-    out = np.zeros(clip_samples, np.int16)
-    n = min(mono.size, clip_samples)
-    out[:n] = np.clip(np.round(mono[:n].astype(np.float64) * 32768.0), -32768, 32767)
-    return out
-
-
-def decode_chunk(task: tuple[str, list[str], int, int]) -> tuple[np.ndarray, list[str | None]]:
-    """Decode a list of files (relative to raw_dir): (int16 [n_ok, clip_samples], reason or None per file)."""
+def decode_chunk(task: tuple[str, list[str], int, int]) -> tuple[np.ndarray, list[str | ClipNotes]]:
+    """Decode a list of files (relative to raw_dir): (int16 [n_kept, clip_samples], per file: the reason it was
+    rejected, or the ClipNotes of its kept clip)."""
     raw_dir, rel_paths, sample_rate, clip_samples = task
-    rows, reasons = [], []
+    rows, outcomes = [], []
     for rel in rel_paths:
         try:
-            rows.append(decode_clip(Path(raw_dir) / rel, sample_rate, clip_samples))
-            reasons.append(None)
+            row, notes = decode_clip(Path(raw_dir) / rel, sample_rate, clip_samples)
         except RejectedClip as err:
-            reasons.append(str(err))
+            outcomes.append(str(err))
+            continue
+        rows.append(row)
+        outcomes.append(notes)
     array = np.stack(rows) if rows else np.zeros((0, clip_samples), np.int16)
-    return array, reasons
+    return array, outcomes
 
 
 def _init_decode_worker() -> None:
-    global _IN_WORKER
-    _IN_WORKER = True
+    clips.use_one_thread()
 
 
 # ---- scanning ------------------------------------------------------------------------------------------------
 def scan_raw_dir(raw_dir: Path) -> tuple[list[str], list[str]]:
-    """(classes, relative clip paths): word folders not starting with '_' or '.', their non-hidden files."""
+    """(classes, relative clip paths): label folders not starting with '_' or '.', their non-hidden files."""
     if not raw_dir.is_dir():
         raise LeaflabError(f"{raw_dir}: raw dataset folder not found; run the download stage first "
                            "(python stages/download.py, or dvc repro)")
     classes = sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
     if not classes:
-        raise LeaflabError(f"{raw_dir}: no word folders found; expected <word>/<speaker>_nohash_<n>.wav "
-                           "(re-run the download stage)")
+        raise LeaflabError(f"{raw_dir}: no label folders found; expected <label>/<file>, e.g. "
+                           "yes/0a1b2c3d_nohash_0.wav (docs/data.md), or re-run the download stage")
     paths = []
     for word in classes:
         with os.scandir(raw_dir / word) as entries:
@@ -172,25 +118,25 @@ def shrink_npy_rows(path: Path, n_rows: int) -> None:
 # ---- the stage -------------------------------------------------------------------------------------------------
 def prepare_dataset(raw_dir: str | Path, out_dir: str | Path, sample_rate: int = 16000, clip_seconds: float = 1.0,
                     max_rejected_fraction: float = 0.01, workers: int = 2, source: str = "",
-                    progress: bool = True, chunk_files: int = CHUNK_FILES) -> dict:
-    """Decode every clip of `raw_dir` into per-split arrays in `out_dir` (replaced atomically); return the summary."""
+                    hash_percent: tuple[float, float] | None = None, progress: bool = True,
+                    chunk_files: int = CHUNK_FILES) -> dict:
+    """Decode every clip of `raw_dir` into per-split arrays in `out_dir` (replaced atomically); return the summary
+    (summary.json plus the timings `seconds` and `clips_per_s`).
+
+    hash_percent: (validation %, testing %) of the hash rule, for a folder whose split lists are optional;
+    None: `raw_dir` must carry validation_list.txt and testing_list.txt.
+    """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     clip_samples = int(round(sample_rate * clip_seconds))
     start = time.perf_counter()
 
     classes, paths = scan_raw_dir(raw_dir)
-    validation = read_split_list(raw_dir / VALIDATION_LIST)
-    testing = read_split_list(raw_dir / TESTING_LIST)
-    assignment = assign_splits(paths, validation, testing)
-    check_speakers_disjoint(assignment)
-    present = set(paths)
-    listed_missing = sorted((validation | testing) - present)
+    assignment, split_rule, listed_missing = assign_dataset_splits(raw_dir, paths, hash_percent)
     label_of = {word: i for i, word in enumerate(classes)}
     by_split = {split: [p for p in paths if assignment[p] == split] for split in SPLITS}
+    _check_no_split_empty(raw_dir, {s: len(files) for s, files in by_split.items()}, split_rule, "files")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staging_dir(out_dir) as tmp:
         arrays = {s: _open_rows(tmp / f"{s}.npy", len(by_split[s]), clip_samples) for s in SPLITS}
         written = {s: 0 for s in SPLITS}
         labels: dict[str, list[int]] = {s: [] for s in SPLITS}
@@ -205,19 +151,25 @@ def prepare_dataset(raw_dir: str | Path, out_dir: str | Path, sample_rate: int =
 
         bar = _progress_bar(len(paths), progress)
         chunks_done = 0
+        cut: list[str] = []
+        scaled: list[tuple[str, float]] = []
         with _executor(workers if len(paths) >= POOL_MIN_FILES else 1) as run:
-            for split, task, (rows, reasons) in zip(task_splits, tasks, run(decode_chunk, tasks)):
+            for split, task, (rows, outcomes) in zip(task_splits, tasks, run(decode_chunk, tasks)):
                 row = written[split]
                 if rows.shape[0]:
                     arrays[split][row:row + rows.shape[0]] = rows
-                for rel, reason in zip(task[1], reasons):
-                    if reason is None:
-                        label = label_of[rel.split("/", 1)[0]]
-                        labels[split].append(label)
-                        manifest.append((split, row, rel, label, speaker_of(rel)))
-                        row += 1
-                    else:
-                        rejected.append((rel, reason))
+                for rel, outcome in zip(task[1], outcomes):
+                    if isinstance(outcome, str):
+                        rejected.append((rel, outcome))
+                        continue
+                    label = label_of[rel.split("/", 1)[0]]
+                    labels[split].append(label)
+                    manifest.append((split, row, rel, label, speaker_of(rel)))
+                    row += 1
+                    if outcome.cut:
+                        cut.append(rel)
+                    if outcome.scaled_from_peak is not None:
+                        scaled.append((rel, outcome.scaled_from_peak))
                 written[split] = row
                 bar.update(len(task[1]))
                 chunks_done += 1
@@ -228,16 +180,15 @@ def prepare_dataset(raw_dir: str | Path, out_dir: str | Path, sample_rate: int =
         bar.close()
 
         n_rejected = len(rejected)
+        rejected_kinds = Counter(reason_kind(r) for _, r in rejected).most_common()
         if paths and n_rejected / len(paths) > max_rejected_fraction:
-            reasons = Counter(reason for _, reason in rejected).most_common(3)
-            examples = "; ".join(f"{n}× {reason} (e.g. {next(p for p, r in rejected if r == reason)})"
-                                 for reason, n in reasons)
+            examples = "; ".join(f"{n}× {kind} (e.g. {next(p for p, r in rejected if reason_kind(r) == kind)})"
+                                 for kind, n in rejected_kinds[:3])
             raise LeaflabError(f"{raw_dir}: {n_rejected} of {len(paths)} clips rejected "
                                f"({100 * n_rejected / len(paths):.2f} % > data.max_rejected_fraction = "
                                f"{max_rejected_fraction}): {examples}. Fix or remove those files "
                                "(or raise data.max_rejected_fraction)")
-        if sum(written.values()) == 0:
-            raise LeaflabError(f"{raw_dir}: no usable clip found among {len(paths)} files")
+        _check_no_split_empty(raw_dir, written, split_rule, "usable clips")
 
         for split in SPLITS:
             if arrays[split] is not None:
@@ -264,18 +215,34 @@ def prepare_dataset(raw_dir: str | Path, out_dir: str | Path, sample_rate: int =
             "classes": len(classes), "files": len(paths), "clips": sum(written.values()),
             "counts": dict(written), "speakers": speakers,
             "per_class": {s: {w: 0 for w in classes} for s in SPLITS},
-            "rejected": n_rejected, "rejected_reasons": dict(Counter(r for _, r in rejected).most_common()),
-            "listed_but_missing": len(listed_missing),
+            "split_rule": split_rule,
+            "rejected": n_rejected, "rejected_reasons": dict(rejected_kinds),
+            "cut_to_loudest_window": len(cut),
+            "scaled_to_full_scale": {"clips": len(scaled),
+                                     "largest_peak": round(max((p for _, p in scaled), default=0.0), 3),
+                                     "examples": [rel for rel, _ in sorted(scaled)[:5]]},
+            "listed_but_missing": listed_missing,
             "seconds": round(seconds, 2), "clips_per_s": round(len(paths) / max(seconds, 1e-9), 1),
         }
         for split, _, rel, _, _ in manifest:
             summary["per_class"][split][rel.split("/", 1)[0]] += 1
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        recorded = {k: v for k, v in summary.items() if k not in ("seconds", "clips_per_s")}
+        (tmp / "summary.json").write_text(json.dumps(recorded, indent=2) + "\n")
         replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a rejection reason, without its details: 'truncated file (…)' → 'truncated file'."""
+    return reason.split(" (", 1)[0]
+
+
+def _check_no_split_empty(raw_dir: Path, counts: dict[str, int], split_rule: str, what: str) -> None:
+    empty = [split for split in SPLITS if counts[split] == 0]
+    if empty:
+        raise LeaflabError(f"{raw_dir}: no {what} in the {' and '.join(empty)} split (split by {split_rule}; "
+                           f"counts {counts}); training and evaluation need all three: add recordings (of more "
+                           f"speakers), or list clips in {VALIDATION_LIST} and {TESTING_LIST}")
 
 
 class _executor:
@@ -307,12 +274,21 @@ def _progress_bar(total: int, enabled: bool):
 def format_summary(summary: dict) -> str:
     """A few human-readable lines for the stage's output."""
     counts = summary["counts"]
-    lines = [f"prepared {summary['clips']} clips of {summary['classes']} words from {summary['raw_dir']} "
+    scaled = summary["scaled_to_full_scale"]
+    lines = [f"prepared {summary['clips']} clips of {summary['classes']} classes from {summary['raw_dir']} "
              f"({summary['clips_per_s']:.0f} clips/s, {summary['seconds']:.1f} s)",
-             "  " + ", ".join(f"{s}: {counts[s]} clips / {summary['speakers'][s]} speakers" for s in SPLITS),
+             "  " + ", ".join(f"{s}: {counts[s]} clips / {summary['speakers'][s]} speakers" for s in SPLITS)
+             + f" (split by {summary['split_rule']})",
              f"  rejected: {summary['rejected']}" + (" (" + "; ".join(
                  f"{n}× {r}" for r, n in summary["rejected_reasons"].items()) + "; see rejected.csv)"
                  if summary["rejected"] else "")]
+    if summary["cut_to_loudest_window"]:
+        lines.append(f"  cut to their loudest {summary['clip_samples'] / summary['sample_rate']:g} s: "
+                     f"{summary['cut_to_loudest_window']} longer clips")
+    if scaled["clips"]:
+        lines.append(f"  scaled down to full scale: {scaled['clips']} clip{'s' if scaled['clips'] > 1 else ''} "
+                     f"above 16-bit range (peak up to {scaled['largest_peak']:g}× full scale; e.g. "
+                     f"{', '.join(scaled['examples'][:3])})")
     if summary["listed_but_missing"]:
         lines.append(f"  note: {summary['listed_but_missing']} files named in the split lists do not exist")
     return "\n".join(lines)

@@ -4,6 +4,10 @@ Speech Commands names its clips `<word>/<speaker>_nohash_<n>.wav` and holds out 
 decided by the SHA-1 hash of its speaker id alone (`which_set` below, the function of the dataset's README), and
 the published `validation_list.txt` / `testing_list.txt` list the clips of the held-out speakers. Everything not
 listed is training data.
+
+A dataset's split (`assign_dataset_splits`): Speech Commands and the synthetic set carry both lists. A user's
+folder may carry them (both or neither); without them its clips are split by the same hash rule, on the speaker
+id for `<speaker>_nohash_<n>` names and on the whole file name otherwise.
 """
 
 from __future__ import annotations
@@ -69,9 +73,15 @@ def assign_splits(rel_paths: Iterable[str], validation: set[str], testing: set[s
 
 
 def check_speakers_disjoint(assignment: Mapping[str, str]) -> None:
-    """LeaflabError naming the first speaker whose clips fall in more than one split."""
+    """LeaflabError naming the first speaker whose clips fall in more than one split.
+
+    Only `<speaker>_nohash_<n>` names say who speaks; other names (e.g. `yes/001.wav` beside `no/001.wav`, two
+    recordings) are not checked.
+    """
     first_seen: dict[str, tuple[str, str]] = {}
     for path in sorted(assignment):
+        if HASH_DIVIDER not in PurePosixPath(path).name:
+            continue
         split = assignment[path]
         speaker = speaker_of(path)
         seen = first_seen.setdefault(speaker, (split, path))
@@ -86,5 +96,36 @@ def check_speakers_disjoint(assignment: Mapping[str, str]) -> None:
 def _speakers_in_several_splits(assignment: Mapping[str, str]) -> set[str]:
     splits_of: dict[str, set[str]] = {}
     for path, split in assignment.items():
+        if HASH_DIVIDER not in PurePosixPath(path).name:
+            continue
         splits_of.setdefault(speaker_of(path), set()).add(split)
     return {s for s, splits in splits_of.items() if len(splits) > 1}
+
+
+def assign_dataset_splits(raw_dir: Path, rel_paths: Iterable[str],
+                          hash_percent: tuple[float, float] | None = None) -> tuple[dict[str, str], str, int]:
+    """(split of each clip, how it was decided, number of listed clips that do not exist) for a dataset folder.
+
+    With both list files in `raw_dir`: the lists (unlisted clips are train), no speaker in two splits. Without
+    them: the hash rule with hash_percent = (validation %, testing %) — or, when hash_percent is None (a
+    dataset that must carry its lists), the missing-list error. One list without the other is an error.
+    """
+    rel_paths = list(rel_paths)
+    present = [(raw_dir / name).is_file() for name in (VALIDATION_LIST, TESTING_LIST)]
+    if hash_percent is not None and not any(present):
+        validation_percent, testing_percent = hash_percent
+        names = {"training": "train", "validation": "validation", "testing": "test"}
+        assignment = {p: names[which_set(p, validation_percent, testing_percent)] for p in rel_paths}
+        rule = (f"hash rule on the speaker or file name, {validation_percent:g} % validation and "
+                f"{testing_percent:g} % test")
+        return assignment, rule, 0
+    if hash_percent is not None and not all(present):
+        have, missing = (VALIDATION_LIST, TESTING_LIST) if present[0] else (TESTING_LIST, VALIDATION_LIST)
+        raise LeaflabError(f"{raw_dir}: {have} without {missing}; add {missing} (it may be empty) or remove "
+                           f"{have} to split by the hash rule")
+    validation = read_split_list(raw_dir / VALIDATION_LIST)
+    testing = read_split_list(raw_dir / TESTING_LIST)
+    assignment = assign_splits(rel_paths, validation, testing)
+    check_speakers_disjoint(assignment)
+    listed_missing = len((validation | testing) - set(rel_paths))
+    return assignment, f"{VALIDATION_LIST} and {TESTING_LIST}", listed_missing

@@ -7,9 +7,13 @@
   answers 206; a server that ignores Range restarts it from the beginning).
 - The finished file must match the expected SHA-256; a mismatch deletes it (resuming a wrong file cannot help).
 - Extraction refuses any member that could land outside the target (absolute paths, `..`), links (symbolic or
-  hard), devices and FIFOs, naming the member. It extracts into `raw_root/.tmp-extract-*` and renames the result
-  into place, so a failure never leaves a half-written `raw_root/speechcommands`. The archive is deleted once it
-  has been extracted.
+  hard), devices and FIFOs, naming the member. It extracts into `raw_root/.tmp-speechcommands-*` and renames the
+  result into place, so a failure never leaves a half-written `raw_root/speechcommands`. The archive is deleted
+  once it has been extracted.
+- Leftovers of a killed run: the next run removes its staging folders (atomic.staging_dir) and any download of
+  another URL or checksum; a complete archive of the same URL and checksum (killed while extracting) is resumed
+  as usual — the server answers the Range request from its end with 416 — then verified and extracted, without
+  downloading it again.
 """
 
 from __future__ import annotations
@@ -19,14 +23,13 @@ import http.client
 import shutil
 import socket
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
-from leaflab.data.atomic import replace_dir
+from leaflab.data.atomic import replace_dir, staging_dir
 from leaflab.data.splits import TESTING_LIST, VALIDATION_LIST
 from leaflab.errors import LeaflabError
 
@@ -178,40 +181,50 @@ def download_speechcommands(url: str, sha256: str, raw_root: str | Path, timeout
                             progress: bool = True) -> dict:
     """Download, verify and extract Speech Commands into `raw_root/speechcommands`; return a summary."""
     raw_root = Path(raw_root)
-    raw_root.mkdir(parents=True, exist_ok=True)
+    target = raw_root / TARGET_NAME
     sha256 = sha256.lower()
     archive = partial_path(raw_root, url, sha256)
     start = time.perf_counter()
-    try:
-        download_file(url, archive, timeout_s=timeout_s, progress=progress)
-    except LeaflabError:
-        if archive.exists() and archive.stat().st_size == 0:
+    with staging_dir(target) as tmp:
+        _remove_other_downloads(archive)
+        try:
+            download_file(url, archive, timeout_s=timeout_s, progress=progress)
+        except LeaflabError:
+            if archive.exists() and archive.stat().st_size == 0:
+                archive.unlink()
+            _remove_if_empty(archive.parent)  # keep only a partial download worth resuming
+            raise
+        actual = sha256_of(archive)
+        if actual != sha256:
+            size = archive.stat().st_size
             archive.unlink()
-        _remove_if_empty(archive.parent)  # keep only a partial download worth resuming
-        raise
-    actual = sha256_of(archive)
-    if actual != sha256:
-        size = archive.stat().st_size
-        archive.unlink()
-        _remove_if_empty(archive.parent)
-        raise LeaflabError(f"{url}: SHA-256 mismatch (expected data.speechcommands.sha256 = {sha256}, got {actual} "
-                           f"for {size} bytes); the file was deleted. Check the URL and checksum and run again")
-    download_s = time.perf_counter() - start
-
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-extract-", dir=raw_root))
-    try:
+            _remove_if_empty(archive.parent)
+            raise LeaflabError(f"{url}: SHA-256 mismatch (expected data.speechcommands.sha256 = {sha256}, got "
+                               f"{actual} for {size} bytes); the file was deleted. Check the URL and checksum and "
+                               "run again")
+        download_s = time.perf_counter() - start
         n_files = safe_extract(archive, tmp)
         root = _dataset_root(tmp)
         if not (root / TESTING_LIST).is_file():
             raise LeaflabError(f"the archive has no {TESTING_LIST}: it is not Speech Commands")
-        replace_dir(root, raw_root / TARGET_NAME)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        replace_dir(root, target)
     archive.unlink()
     _remove_if_empty(archive.parent)
     return {"source": "speechcommands", "url": url, "sha256": sha256, "files": n_files,
             "download_s": round(download_s, 1), "seconds": round(time.perf_counter() - start, 1),
-            "path": str(raw_root / TARGET_NAME)}
+            "path": str(target)}
+
+
+def _remove_other_downloads(archive: Path) -> None:
+    """Delete what earlier runs left in the download folder for another URL or checksum (never resumable now)."""
+    if archive.parent.is_dir():
+        for path in archive.parent.iterdir():
+            if path == archive:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -32,8 +32,6 @@ import json
 import multiprocessing
 import os
 import pickle
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -41,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leaflab.data.atomic import replace_dir
+from leaflab.data.atomic import replace_dir, staging_dir
 from leaflab.data.splits import TESTING_LIST, VALIDATION_LIST, which_set
 from leaflab.errors import LeaflabError
 
@@ -305,7 +303,7 @@ def _init_zygote(settings: SynthesisSettings) -> None:
     """
     import soundfile  # noqa: F401
 
-    from leaflab.data.espeak import EspeakSynthesizer
+    from leaflab.data.synthetic.espeak import EspeakSynthesizer
 
     _ZYGOTE["renderer"] = ClipRenderer(EspeakSynthesizer(), settings)
     gc.freeze()  # the forked children's GC then leaves the inherited objects alone (fewer copy-on-write pages)
@@ -357,7 +355,7 @@ def synthesize_dataset(synthetic, out_dir: str | Path, workers: int = 2, progres
     gain_db, validation_percent, testing_percent, seed). `variants`: eSpeak voice variants to draw from
     (default: all that eSpeak NG ships).
     """
-    from leaflab.data.espeak import available_variants
+    from leaflab.data.synthetic.espeak import available_variants
 
     out_dir = Path(out_dir)
     unknown_noise = sorted(set(synthetic.noise_types) - set(NOISE_TYPES))
@@ -373,9 +371,7 @@ def synthesize_dataset(synthetic, out_dir: str | Path, workers: int = 2, progres
                              float(synthetic.validation_percent), float(synthetic.testing_percent))
     _check_voices(settings, speakers)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staging_dir(out_dir) as tmp:
         for word in settings.words:
             (tmp / word).mkdir()
         start = time.perf_counter()
@@ -392,9 +388,6 @@ def synthesize_dataset(synthetic, out_dir: str | Path, workers: int = 2, progres
         seconds = time.perf_counter() - start
         summary = _write_metadata(tmp, settings, synthetic, speakers, results, seconds)
         replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
@@ -407,7 +400,7 @@ def _check_voices(settings: SynthesisSettings, speakers: list[Speaker]) -> None:
 
 
 def _try_voices(voices: list[str]) -> None:
-    from leaflab.data.espeak import EspeakSynthesizer
+    from leaflab.data.synthetic.espeak import EspeakSynthesizer
 
     synth = EspeakSynthesizer()
     for voice in voices:
