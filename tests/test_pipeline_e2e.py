@@ -2,18 +2,15 @@
 own interfaces (the DVC CLI, MlflowClient)."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from conftest import BIN, project_copy, run_in
+
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -27,42 +24,14 @@ TINY = {
 }
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
-
-
-def _env(project: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}:{env['PATH']}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t.invalid", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t.invalid", DVC_NO_ANALYTICS="1", MPLBACKEND="Agg")
-    return env
-
-
 def run(cmd: list[str], project: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=project, env=_env(project), capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
+    return run_in(project, cmd, timeout)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A git + DVC copy of the repository's tracked files with tiny params, after one `dvc repro`."""
-    root = tmp_path_factory.mktemp("pipeline") / "project"
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split()
-    for name in listed:
-        source = REPO / name
-        if source.is_file() and not name.startswith(("tests/", "benchmarks/")):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    params = _merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "tiny pipeline"], root)
+    root = project_copy(tmp_path_factory.mktemp("pipeline") / "project", TINY)
     run(["dvc", "repro"], root)
     return root
 

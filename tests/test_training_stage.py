@@ -269,3 +269,24 @@ def test_two_processes_with_torchrun_match_one_process(workdir):
     assert sorted(m.step for m in tracking.client().get_metric_history(runs[0].info.run_id, "val_loss")) == [0, 1, 2]
     model, meta = load_trained(workdir / "runs/t2/seed-0/model.pt")  # GlobalBatchNorm state loads into plain BatchNorm
     assert meta["variant"] == "t2"
+
+
+@pytest.mark.slow
+def test_seeds_trained_side_by_side_in_processes_equal_seeds_trained_one_after_another(workdir):
+    """train.processes only changes how long it takes: the same threads per training give the same numbers."""
+    write_params(workdir, tiny_params(epochs=2, seeds=[0, 1], threads=1, processes=1))
+    alone = run_stage(workdir, "a")
+    assert alone.returncode == 0, alone.stderr
+    write_params(workdir, tiny_params(epochs=2, seeds=[0, 1], threads=2, processes=2))
+    side_by_side = run_stage(workdir, "b")
+    assert side_by_side.returncode == 0, side_by_side.stderr
+    assert "b: training seeds [0, 1] in 2 processes of 1 thread(s) each" in side_by_side.stdout
+    assert "b seed 1 epoch 2/2" in side_by_side.stdout and "b seed 0 epoch 2/2" in side_by_side.stdout
+    for a_entry, b_entry in zip(run_info(workdir, "a")["runs"], run_info(workdir, "b")["runs"]):
+        assert a_entry["seed"] == b_entry["seed"]
+        assert history_of(a_entry["run_id"]) == history_of(b_entry["run_id"])
+        assert tracking.client().get_run(b_entry["run_id"]).info.status == "FINISHED"
+        a_model, _ = load_trained(workdir / a_entry["model"])
+        b_model, _ = load_trained(workdir / b_entry["model"])
+        for x, y in zip(a_model.state_dict().values(), b_model.state_dict().values()):
+            assert torch.equal(x, y)

@@ -122,8 +122,9 @@ class TrainConfig:
     loudness_max_gain_db: float = setting(30.0)
     max_nonfinite_in_a_row: int = setting(5, positive)
     seeds: tuple[int, ...] = setting((0,), distinct(non_negative, "integers >= 0"))
+    processes: int = setting(1, positive, "seeds trained at once, each in its own process (threads shared)")
     num_workers: int = setting(1, non_negative)
-    threads: int = setting(2, positive, "torch intra-op threads")
+    threads: int = setting(2, positive, "torch intra-op threads (shared among train.processes)")
     log_images_every: int = setting(1, non_negative, "epochs between frontend-image grids; 0 disables")
     device: str = setting("auto", one_of("auto", "cpu", "cuda"))
 

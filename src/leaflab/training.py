@@ -89,15 +89,17 @@ class TrainResult:
 
 
 def train(cfg: Config, variant: str, seed: int, *, layout: Layout = Layout(),
-          ctx: distributed.Context | None = None, say: Callable[[str], None] = print) -> TrainResult:
+          ctx: distributed.Context | None = None, say: Callable[[str], None] = print,
+          threads: int | None = None, progress: bool = True) -> TrainResult:
     """Train (or resume) one model of `variant` with `seed`; returns the final model and its history.
 
-    The MLflow run is left RUNNING at the end: the caller marks it FINISHED once it has published the model
-    (leaflab.train_stage). On an error it is marked FAILED (KILLED on Ctrl-C); a SIGKILL leaves it RUNNING
-    until the next attempt resumes or closes it."""
+    threads: torch intra-op threads (default: train.threads shared among torchrun's processes on this machine);
+    progress: show a progress bar per epoch. The MLflow run is left RUNNING at the end: the caller marks it
+    FINISHED once it has published the model (leaflab.pipeline.train). On an error it is marked FAILED (KILLED on
+    Ctrl-C); a SIGKILL leaves it RUNNING until the next attempt resumes or closes it."""
     ctx = ctx or distributed.Context()
     tc = cfg.train
-    torch.set_num_threads(threads_per_process(tc.threads))
+    torch.set_num_threads(threads or threads_per_process(tc.threads))
     torch.set_flush_denormal(True)  # denormal floats (seen on random inputs) made CPU kernels up to 10× slower
     seed_everything(seed)
     if ctx.device.type == "cuda":
@@ -137,7 +139,7 @@ def train(cfg: Config, variant: str, seed: int, *, layout: Layout = Layout(),
             if state.done:
                 break
             epoch_start, lr_epoch = time.perf_counter(), optimizer.param_groups[1]["lr"]
-            stats = train_one_epoch(trained, clips, optimizer, epoch, tc, ctx, state)
+            stats = train_one_epoch(trained, clips, optimizer, epoch, tc, ctx, state, progress)
             val_loss, val_accuracy = validate(model, clips, tc, ctx)
             scheduler.step(val_loss)
             metrics = {**stats, "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": lr_epoch,
@@ -209,7 +211,7 @@ def make_train_loader(train_set: data.TrainingClips, batch_size: int, num_worker
 
 # ---- one epoch -----------------------------------------------------------------------------------------------
 def train_one_epoch(model: torch.nn.Module, clips: TrainingData, optimizer, epoch: int, tc,
-                    ctx: distributed.Context, state: TrainingState) -> dict[str, float]:
+                    ctx: distributed.Context, state: TrainingState, progress: bool = True) -> dict[str, float]:
     """One pass over the training batches. Returns train_loss / train_accuracy (over the finite steps of all
     processes), samples_per_s, data_wait_fraction (time blocked on the loader / time of the pass) and
     nonfinite_steps. A non-finite loss (in any process) skips the step; train.max_nonfinite_in_a_row of them
@@ -220,7 +222,7 @@ def train_one_epoch(model: torch.nn.Module, clips: TrainingData, optimizer, epoc
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips (finite steps)
     nonfinite, processed, wait_s = 0, 0, 0.0
     bar = tqdm(total=len(clips.loader), desc=f"epoch {epoch + 1}", unit="batch", leave=False, file=sys.stderr,
-               disable=None if ctx.is_main else True, mininterval=1.0)
+               disable=None if ctx.is_main and progress else True, mininterval=1.0)
     start = time.perf_counter()
     batches = iter(clips.loader)
     for step in range(len(clips.loader)):

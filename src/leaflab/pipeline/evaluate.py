@@ -131,12 +131,13 @@ def evaluate_model(model, meta: dict, entry: dict, audio: np.ndarray, labels: np
 
 
 def noise_bank(cfg: Config, layout: Layout) -> robustness.NoiseBank:
-    """evaluate.robustness.noise: auto → Speech Commands' _background_noise_ recordings when the raw data has
-    them (never used for training), else generated machine noise; machine; or a folder of recordings."""
+    """evaluate.robustness.noise: auto → the data's _background_noise_ recordings when it has them (Speech
+    Commands ships six; preprocess never trains on them), else generated machine noise; machine; or a folder."""
     rc, sample_rate = cfg.evaluate.robustness, cfg.data.sample_rate
     if rc.noise == "machine":
         return robustness.NoiseBank.generated(sample_rate, rc.seed)
-    folder = layout.raw(cfg.data.source) / "_background_noise_" if rc.noise == "auto" else Path(rc.noise)
+    raw = Path(cfg.data.folder.path) if cfg.data.source == "folder" else layout.raw(cfg.data.source)
+    folder = raw / "_background_noise_" if rc.noise == "auto" else Path(rc.noise)
     if rc.noise == "auto" and not folder.is_dir():
         return robustness.NoiseBank.generated(sample_rate, rc.seed)
     if not folder.is_dir():
