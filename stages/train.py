@@ -43,16 +43,13 @@ def run_stage(variant: str) -> None:
     from leaflab import distributed, tracking, training
 
     tracking.check_reachable(tracking.tracking_uri())
-    ctx = distributed.setup(cfg.train.device)
-    try:
+    with distributed.process_group(cfg.train.device) as ctx:
         results = [training.train(cfg, variant, seed, prepared_dir=PREPARED, ctx=ctx) for seed in cfg.train.seeds]
         if ctx.is_main:
             write_outputs(cfg, variant, results)
             for result in results:
                 tracking.open_run(result.run_id).finish("FINISHED")
         distributed.barrier(ctx)
-    finally:
-        distributed.cleanup()
 
 
 def write_outputs(cfg, variant: str, results: list) -> None:
