@@ -541,6 +541,7 @@ def test_a_lost_peer_becomes_one_line_and_other_errors_pass_through():
         "training resumes from the last checkpoint")
     assert "NCCL error" in str(lost_peer_error(RuntimeError("NCCL error in: …, unhandled system error"), two))
     assert lost_peer_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), two) is None
+    assert lost_peer_error(RuntimeError("ProcessGroupGloo does not support reduce_scatter"), two) is None
     assert lost_peer_error(gloo, Context()) is None  # a single process has no peers to lose
 
 

@@ -105,11 +105,11 @@ def process_group(device_preference: str = "auto") -> Iterator[Context]:
 def lost_peer_error(err: BaseException, ctx: Context) -> LeaflabError | None:
     """The one-line error for a collective that failed because a peer is gone (None for any other error).
 
-    torch raises those as DistError, or (gloo) as RuntimeError("[…/gloo/…/pair.cc:545] Read error …: Connection
-    reset by peer. …"), (nccl) RuntimeError("NCCL error …")."""
+    torch raises those as DistError, or (gloo) as RuntimeError("[…/gloo/transport/tcp/pair.cc:545] Read error …:
+    Connection reset by peer. …"), (nccl) RuntimeError("NCCL error …")."""
     text = str(err)
-    if not ctx.distributed or not (isinstance(err, getattr(dist, "DistError", ())) or "gloo" in text
-                                   or "NCCL" in text):
+    peer_failure = isinstance(err, dist.DistError) or "gloo/transport" in text or "NCCL error" in text
+    if not (ctx.distributed and peer_failure):
         return None
     first = text.split("] ", 1)[-1].split(". ")[0].strip() if text.startswith("[") else text.splitlines()[0]
     return LeaflabError(f"training process {ctx.rank} of {ctx.world_size} lost the other processes of the job "
