@@ -83,6 +83,12 @@ def sha256_tree(root: Path, *paths: str) -> dict[str, str]:
     return found
 
 
+def model_dir_md5(lock: dict) -> str:
+    """The md5 dvc.lock records for runs/<A's variant> (the hash of its directory listing, ending in .dir)."""
+    return next(out["md5"] for out in lock["stages"][f"train@{A_VARIANT}"]["outs"]
+                if out["path"] == f"runs/{A_VARIANT}")
+
+
 def experiment_names(shown: list) -> set[str]:
     """The experiment names in `dvc exp show --json` (a list of baselines, each with its experiments)."""
     return {exp.get("name") for baseline in shown for exp in (baseline.get("experiments") or [])}
@@ -275,8 +281,7 @@ def test_the_dvc_remote_lives_in_the_bucket_and_credentials_outside_git(team, ma
     objects = servers.s3_client(team.s3_endpoint, *team.credentials.values()).list_objects_v2(
         Bucket=BUCKET, Prefix="dvc/files/md5/")
     lock = yaml.safe_load((team.b / "dvc.lock").read_text())
-    (model_out,) = lock["stages"][f"train@{A_VARIANT}"]["outs"]  # runs/<variant>: a directory listing
-    model_md5 = model_out["md5"]
+    model_md5 = model_dir_md5(lock)
     keys = {o["Key"] for o in objects.get("Contents", [])}
     assert f"dvc/files/md5/{model_md5[:2]}/{model_md5[2:]}" in keys
     config = (team.b / ".dvc/config").read_text()
@@ -297,6 +302,14 @@ def test_an_experiment_moves_to_the_other_machine_with_its_numbers(team, experim
     assert loss["old"] == pytest.approx(base_metrics["test"]["loss"])
     assert loss["new"] == pytest.approx(exp_metrics["test"]["loss"]) and loss["new"] != loss["old"]
     assert "test.loss" in experiment.diff_table
+    # the experiment's outputs came along through the DVC remote: its model directory is in B's cache
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=team.b,
+                          capture_output=True, text=True, check=True).stdout.split()
+    (ref,) = [r for r in refs if r.endswith(f"/{EXPERIMENT}")]
+    lock = yaml.safe_load(subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=team.b, capture_output=True,
+                                         text=True, check=True).stdout)
+    md5 = model_dir_md5(lock)
+    assert (team.b / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).is_file()
     # its MLflow runs carry the experiment's name, so `dvc exp show` and the MLflow UI link up
     client = team.client()
     runs = client.search_runs([client.get_experiment_by_name("leaflab").experiment_id],
