@@ -140,7 +140,7 @@ def test_evaluate_matches_a_direct_computation_and_a_rerun_logs_nothing_twice(pr
     assert document["macs_per_clip"]["frontend"] > 0 and document["macs_per_clip"]["classifier"] > 0
     headline = json.loads((layout.reports("pcen") / "metrics.json").read_text())
     assert set(headline) == {"test_accuracy", "test_accuracy_ci95_low", "test_accuracy_ci95_high", "macro_f1",
-                             "worst_condition", "worst_condition_accuracy", "macs_frontend_M"}
+                             "test_loss", "worst_condition", "worst_condition_accuracy", "macs_frontend_M"}
     assert headline["test_accuracy"] == pytest.approx(np.mean([np.mean(expected[s] == labels) for s in (0, 1)]))
 
     rows = list(csv.DictReader(open(layout.reports("pcen") / "predictions.csv")))

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from leaflab.errors import LeaflabError
+from leaflab.redaction import redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="leaflab: compare learnable audio frontends (LEAF, EfficientLEAF; PCEN vs TBN).")
@@ -27,7 +28,7 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="the pa
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one line `error: …` on stderr; return the Exit to raise."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"error: {' '.join(redact(str(message)).split())}", file=sys.stderr)
     return typer.Exit(code)
 
 
@@ -86,7 +87,7 @@ def info(params: Path = PARAMS_OPTION) -> None:
     console.print(table)
     root = tracking.repo_root(params.resolve().parent)
     uri = tracking.tracking_uri(root)
-    console.print(f"MLflow tracking URI: {uri}" + ("  (from MLFLOW_TRACKING_URI)" if os.environ.get(
+    console.print(f"MLflow tracking URI: {redact(uri)}" + ("  (from MLFLOW_TRACKING_URI)" if os.environ.get(
         "MLFLOW_TRACKING_URI", "").strip() else ""))
     artifacts = tracking.default_artifact_location(root)
     if artifacts:
@@ -149,7 +150,7 @@ def compare(experiment: Optional[str] = typer.Option(None, "--experiment", "-e",
     console.print(table)
     for sentence in document["verdict"]:
         console.print(f"• {sentence}")
-    console.print(f"[dim]store: {uri}[/dim]")
+    console.print(f"[dim]store: {redact(uri)}[/dim]")
 
 
 # ---- ui ----------------------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def ui(port: int = typer.Option(5000, help="port to listen on"),
     except Exception:  # noqa: BLE001 - only a hint in the printed URL; the server reports real problems
         pass
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"MLflow UI on http://{shown}:{port}/{experiment_hint}  (store {uri}; Ctrl+C stops it)", flush=True)
+    print(f"MLflow UI on http://{shown}:{port}/{experiment_hint}  (store {redact(uri)}; Ctrl+C stops it)", flush=True)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     code = run_until_stopped(command, cwd=root, env=env)
     if code not in (0, -2, -15, 130, 143):

@@ -1,7 +1,10 @@
-"""Several processes (torchrun) training one model with DistributedDataParallel.
+"""Several processes (torchrun) training one model with DistributedDataParallel, on one node or several.
 
-`torchrun --nproc-per-node N stages/train.py <variant>` sets RANK / WORLD_SIZE / LOCAL_RANK; `setup()` then
-joins the process group (gloo on the CPU, nccl on GPUs). Rank 0 alone logs to MLflow and writes files.
+`torchrun --nproc-per-node N stages/train.py <variant>` sets RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE;
+`process_group()` then joins the process group (gloo on the CPU, nccl on GPUs) and leaves it at the end. Rank 0
+alone logs to MLflow and writes files. Everything that can be checked before joining is (a CUDA device for each
+process that asks for one, one device choice across nodes), and a collective that fails because another process
+or node of the job stopped becomes one LeaflabError line instead of a traceback from every layer.
 
 BatchNorm: in DDP each process would normalise with its own share of the batch. To keep results equal to a
 single process (TBN's BatchNorm in particular), `convert_batchnorm` replaces every BatchNorm with a version that
@@ -12,11 +15,15 @@ refuses to run) `GlobalBatchNorm` below, which all-reduces per-channel sums with
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from leaflab.errors import LeaflabError
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,6 @@ def choose_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        from leaflab.errors import LeaflabError
-
         raise LeaflabError("train.device = 'cuda' but no CUDA device is available; use device: auto or cpu")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
@@ -50,7 +55,14 @@ def setup(device_preference: str = "auto") -> Context:
     """Join the torchrun process group when WORLD_SIZE > 1; otherwise a single-process context."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    if world_size > local_world_size and device_preference == "auto":
+        raise LeaflabError(f"train.device = 'auto' in a job over several nodes ({world_size} processes, "
+                           f"{local_world_size} on this node): set train.device to cuda (nccl) or cpu (gloo), so "
+                           "every node picks the same backend")
     device = choose_device(device_preference, local_rank)
+    if world_size > 1 and device.type == "cuda":
+        check_nccl(local_world_size)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -58,9 +70,51 @@ def setup(device_preference: str = "auto") -> Context:
     return Context(rank, world_size, local_rank, device)
 
 
+def check_nccl(local_world_size: int) -> None:
+    """nccl needs a torch built with it and one CUDA device per process of the node."""
+    if not dist.is_nccl_available():
+        raise LeaflabError("train.device = 'cuda' with several processes needs nccl, which this torch build "
+                           "lacks; install a CUDA build of torch or set train.device: cpu (gloo)")
+    devices = torch.cuda.device_count()
+    if local_world_size > devices:
+        raise LeaflabError(f"torchrun started {local_world_size} processes on this node but it has {devices} CUDA "
+                           f"device(s); nccl needs one device per process: use --nproc-per-node {devices}")
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device_preference: str = "auto") -> Iterator[Context]:
+    """setup(), then the work, then cleanup(); a collective that fails because another process of the job
+    stopped (a killed process, a lost node) becomes one LeaflabError line saying how to resume."""
+    ctx = setup(device_preference)
+    try:
+        yield ctx
+    except RuntimeError as err:
+        lost = lost_peer_error(err, ctx)
+        if lost is None:
+            raise
+        raise lost from None
+    finally:
+        cleanup()
+
+
+def lost_peer_error(err: BaseException, ctx: Context) -> LeaflabError | None:
+    """The one-line error for a collective that failed because a peer is gone (None for any other error).
+
+    torch raises those as DistError, or (gloo) as RuntimeError("[…/gloo/transport/tcp/pair.cc:545] Read error …:
+    Connection reset by peer. …"), (nccl) RuntimeError("NCCL error …")."""
+    text = str(err)
+    peer_failure = isinstance(err, dist.DistError) or "gloo/transport" in text or "NCCL error" in text
+    if not (ctx.distributed and peer_failure):
+        return None
+    first = text.split("] ", 1)[-1].split(". ")[0].strip() if text.startswith("[") else text.splitlines()[0]
+    return LeaflabError(f"training process {ctx.rank} of {ctx.world_size} lost the other processes of the job "
+                        f"({first}): a process or node stopped; start the same torchrun command again on every "
+                        "node and training resumes from the last checkpoint")
 
 
 def all_reduce_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:

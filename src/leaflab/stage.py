@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 from leaflab.errors import LeaflabError
+from leaflab.redaction import redact
 from leaflab.runtime import retain_freed_memory
 
 
@@ -19,7 +20,7 @@ def run(work: Callable[..., object], *args) -> int:
     try:
         work(*args)
     except LeaflabError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"error: {' '.join(redact(str(err)).split())}", file=sys.stderr)  # no password of a URI leaks
         return 1
     return 0
 

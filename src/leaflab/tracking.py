@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from leaflab.errors import LeaflabError
+from leaflab.redaction import redact
 
 DVC_TEMP_COPY_MARKER = os.path.join(".dvc", "tmp", "exps")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
@@ -71,12 +72,13 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(probe, timeout=timeout_s) as response:  # noqa: S310 (the user's server)
             if response.status >= 400:
-                raise LeaflabError(f"MLflow tracking server {uri} answered HTTP {response.status} at /health; "
-                                   "check the server or unset MLFLOW_TRACKING_URI to use the local store")
+                raise LeaflabError(f"MLflow tracking server {redact(uri)} answered HTTP {response.status} at "
+                                   "/health; check the server or unset MLFLOW_TRACKING_URI to use the local store")
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise LeaflabError(f"MLflow tracking server {uri} is unreachable ({reason}); start it (mlflow server …) "
-                           "or unset MLFLOW_TRACKING_URI to use the local store mlflow.db") from None
+        raise LeaflabError(f"MLflow tracking server {redact(uri)} is unreachable ({reason}); start it "
+                           "(mlflow server …) or unset MLFLOW_TRACKING_URI to use the local store mlflow.db") \
+            from None
 
 
 def client(uri: str | None = None) -> MlflowClient:
@@ -273,7 +275,7 @@ def open_run(run_id: str) -> Run:
     try:
         c.get_run(run_id)
     except mlflow.exceptions.MlflowException as err:
-        raise LeaflabError(f"MLflow run {run_id} not found in {uri} ({err.error_code}); rerun the train stage "
+        raise LeaflabError(f"MLflow run {run_id} not found in {redact(uri)} ({err.error_code}); rerun the train stage "
                            "(dvc repro -f train@<variant>) or point MLFLOW_TRACKING_URI at the store that has it") \
             from None
     return Run(run_id, c)
@@ -360,7 +362,7 @@ def run_record(run_id: str) -> dict[str, Any]:
     try:
         return _run_record(client(uri).get_run(run_id))
     except mlflow.exceptions.MlflowException as err:
-        raise LeaflabError(f"MLflow run {run_id} not found in {uri} ({err.error_code}); rerun the train stage "
+        raise LeaflabError(f"MLflow run {run_id} not found in {redact(uri)} ({err.error_code}); rerun the train stage "
                            "or point MLFLOW_TRACKING_URI at the store that has it") from None
 
 

@@ -41,6 +41,7 @@ from leaflab.dvc_hash import folder_digest
 from leaflab.errors import LeaflabError
 from leaflab.layout import Layout
 from leaflab.machine import machine_tags
+from leaflab.redaction import redact
 from leaflab.models import KeywordSpotter, build_model
 
 N_IMAGE_CLIPS = 16
@@ -316,7 +317,7 @@ def start_or_resume(cfg: Config, variant: str, seed: int, checkpointer: Checkpoi
         run = tracking.find_run(snapshot["run_id"])
         if run is None:
             say(f"checkpoint {checkpointer.last}: its MLflow run {snapshot['run_id']} is not in "
-                f"{tracking.tracking_uri()}; starting from scratch")
+                f"{redact(tracking.tracking_uri())}; starting from scratch")
         elif run.status() == "FINISHED":
             say(f"{variant} seed {seed}: the training in MLflow run {run.run_id} was complete; training anew in a "
                 "new run (dvc repro -f)")

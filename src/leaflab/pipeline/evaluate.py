@@ -237,7 +237,7 @@ def headline(document: dict) -> dict:
     return {"test_accuracy": test["mean"],
             "test_accuracy_ci95_low": test["ci95"][0] if test["ci95"] else None,
             "test_accuracy_ci95_high": test["ci95"][1] if test["ci95"] else None,
-            "macro_f1": document["test_macro_f1"]["mean"],
+            "macro_f1": document["test_macro_f1"]["mean"], "test_loss": document["test_loss"]["mean"],
             "worst_condition": worst[0], "worst_condition_accuracy": worst[1],
             "macs_frontend_M": document["macs_per_clip"]["frontend"] / 1e6}
 

@@ -25,9 +25,8 @@ def run(cfg: Config, variant: str, layout: Layout = Layout(), say: Callable[[str
     cfg.variant_frontend(variant)  # an unknown variant stops here, naming the defined ones
     data.check_prepared(layout.prepared)
     tracking.check_reachable(tracking.tracking_uri())
-    ctx = distributed.setup(cfg.train.device)
-    processes = 1 if ctx.distributed else min(cfg.train.processes, len(cfg.train.seeds))
-    try:
+    with distributed.process_group(cfg.train.device) as ctx:
+        processes = 1 if ctx.distributed else min(cfg.train.processes, len(cfg.train.seeds))
         if processes > 1:
             results = seeds_in_processes(cfg, variant, layout, processes, say)
         else:
@@ -37,8 +36,6 @@ def run(cfg: Config, variant: str, layout: Layout = Layout(), say: Callable[[str
             for result in results:
                 tracking.open_run(result.run_id).finish("FINISHED")
         distributed.barrier(ctx)
-    finally:
-        distributed.cleanup()
 
 
 def seeds_in_processes(cfg: Config, variant: str, layout: Layout, processes: int,
