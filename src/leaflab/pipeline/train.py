@@ -45,6 +45,7 @@ def seeds_in_processes(cfg: Config, variant: str, layout: Layout, processes: int
     side by side finish sooner than one after another. Each worker logs its own MLflow run and checkpoints, so
     a kill of the stage resumes every seed where it stopped."""
     threads = max(1, cfg.train.threads // processes)
+    tracking.experiment_id(cfg.tracking.experiment)  # create the store first: workers creating it at once collide
     say(f"{variant}: training seeds {list(cfg.train.seeds)} in {processes} processes of {threads} thread(s) each")
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes, initializer=_worker_dies_with_its_parent) as pool:
