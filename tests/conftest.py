@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from leaflab.config import read_params_yaml
@@ -78,3 +79,27 @@ def project_copy(root: Path, overrides: dict) -> Path:
     run_in(root, ["git", "add", "-A"])
     run_in(root, ["git", "commit", "-qm", "project copy"])
     return root
+
+
+# ---- a project folder with its own MLflow store -----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def empty_store_db(tmp_path_factory) -> Path:
+    """An MLflow sqlite file with the schema created (creating it takes seconds; copying it does not)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def local_project(path: Path, monkeypatch, empty_store_db: Path, params: dict, experiment: str) -> Path:
+    """cwd = `path`, a project folder with `params` as params.yaml and an MLflow store there holding `experiment`."""
+    from leaflab import tracking
+
+    shutil.copy(empty_store_db, path / "mlflow.db")
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    (path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
+    tracking.client().create_experiment(experiment, artifact_location=(path / "mlartifacts").as_uri())
+    return path

@@ -1,10 +1,8 @@
 """The `leaflab` command: validate, info, compare (from a temporary MLflow store), ui's command line, and the
 error path (one line on stderr, exit 1) of the CLI and of the stage scripts."""
 
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from typer.testing import CliRunner
 
 from leaflab import tracking
 from leaflab.cli import app
-from conftest import load_stage, repo_params
+from conftest import load_stage, local_project, repo_params
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = repo_params({"variants": {"pcen": {"filterbank": "efficientleaf", "compression": "pcen"},
@@ -21,25 +19,10 @@ PARAMS = repo_params({"variants": {"pcen": {"filterbank": "efficientleaf", "comp
                       "tracking": {"experiment": "kws"}})
 
 
-@pytest.fixture(scope="module")
-def empty_store_db(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def project(tmp_path, monkeypatch, empty_store_db):
     """cwd = a project folder with params.yaml (experiment 'kws') and an MLflow store holding it."""
-    shutil.copy(empty_store_db, tmp_path / "mlflow.db")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    tracking.client().create_experiment("kws", artifact_location=(tmp_path / "mlartifacts").as_uri())
-    return tmp_path
+    return local_project(tmp_path, monkeypatch, empty_store_db, PARAMS, "kws")
 
 
 def invoke(*args):

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from typer.testing import CliRunner
 
-from conftest import repo_params
+from conftest import local_project, repo_params
 from leaflab import comparison, tracking
 from leaflab.cli import app
 from leaflab.errors import LeaflabError
@@ -27,26 +24,10 @@ BASE_TAGS = {"leaflab.kind": "training", "data_digest": "d" * 32, "params_hash_s
              "torch_version": "2"}
 
 
-@pytest.fixture(scope="module")
-def empty_store_db(tmp_path_factory) -> Path:
-    """An MLflow sqlite file with the schema created (creating it takes seconds; copying it does not)."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def store(tmp_path, monkeypatch, empty_store_db):
     """cwd = a project with params.yaml (experiment 'leaflab') and an MLflow store holding that experiment."""
-    shutil.copy(empty_store_db, tmp_path / "mlflow.db")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params()))
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    tracking.client().create_experiment("leaflab", artifact_location=(tmp_path / "mlartifacts").as_uri())
-    return tmp_path
+    return local_project(tmp_path, monkeypatch, empty_store_db, repo_params(), "leaflab")
 
 
 def predictions(correct: np.ndarray) -> np.ndarray:

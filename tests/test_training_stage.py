@@ -14,7 +14,7 @@ import torch
 from leaflab import tracking
 from leaflab.config import load_config
 from leaflab.models import load_trained
-from test_training_support import (PYTHON, comparable, free_port, make_workdir, run_stage, stage_env, tiny_params,
+from test_training_support import (PYTHON, free_port, make_workdir, run_stage, stage_env, tiny_params,
                                    write_params)
 
 
@@ -244,7 +244,7 @@ def test_a_truncated_checkpoint_is_reported_in_one_line_and_training_starts_from
     done = run_stage(workdir, "a")
     assert done.returncode == 0, done.stderr
     (line,) = [line for line in done.stdout.splitlines() if "checkpoint unreadable" in line]
-    assert line.startswith(f"checkpoint unreadable: checkpoints/a/seed-0/last.pt (") and \
+    assert line.startswith("checkpoint unreadable: checkpoints/a/seed-0/last.pt (") and \
         line.endswith("; starting from scratch")
     assert checkpoint_epoch(last) == 0
 

@@ -1,6 +1,6 @@
 """The only module that talks to MLflow.
 
-Run model (DESIGN.md): the train stage creates one run per variant and seed and writes its id to
+Run model (docs/design.md): the train stage creates one run per variant and seed and writes its id to
 runs/<variant>/mlflow_run.json; visualize and evaluate reopen that run by id, so one run holds everything
 about one trained model.
 
