@@ -91,23 +91,39 @@ def test_runs_are_selected_by_dvc_experiment_or_by_id(store):
 
 @pytest.mark.parametrize("tag, what", [("data_digest", "data"), ("leaflab.clips_digest", "test clips")])
 def test_runs_of_other_data_or_clips_are_refused_naming_the_difference(store, tag, what):
-    log_evaluated_run("pcen", 0, mask())
-    log_evaluated_run("tbn", 0, mask(), **{tag: "x" * 16})
+    a = log_evaluated_run("pcen", 0, mask())
+    b = log_evaluated_run("tbn", 0, mask(), **{tag: "x" * 16})
     with pytest.raises(LeaflabError) as err:
-        comparison.compare(comparison.records_from_mlflow("leaflab"))
+        comparison.compare(comparison.records_from_mlflow("leaflab", run_ids=[a, b]))
     message = str(err.value)
     assert message.startswith(f"runs of different {what}") and "x" * 16 in message and "--run-ids" in message
 
 
 def test_runs_of_other_shared_params_are_refused_naming_the_param(store):
-    log_evaluated_run("pcen", 0, mask(), params={"frontend.compression": "pcen"})
-    log_evaluated_run("tbn", 0, mask(), params={"frontend.compression": "tbn", "train.lr": 0.0003},
-                      params_hash_shared="t" * 16)
+    a = log_evaluated_run("pcen", 0, mask(), params={"frontend.compression": "pcen"})
+    b = log_evaluated_run("tbn", 0, mask(), params={"frontend.compression": "tbn", "train.lr": 0.0003},
+                          params_hash_shared="t" * 16)
     with pytest.raises(LeaflabError) as err:
-        comparison.compare(comparison.records_from_mlflow("leaflab"))
+        comparison.compare(comparison.records_from_mlflow("leaflab", run_ids=[a, b]))
     message = str(err.value)
     assert "different shared params" in message and "train.lr: 0.001 vs 0.0003" in message
     assert "frontend.compression" not in message  # the variants may differ there by design
+
+
+def test_by_default_the_newest_runs_set_up_is_taken_and_the_others_are_counted(store):
+    # a baseline of both variants, then an experiment (other shared params) that retrained pcen only
+    log_evaluated_run("pcen", 0, mask(0))
+    tbn = log_evaluated_run("tbn", 0, mask(1))
+    experiment = log_evaluated_run("pcen", 0, mask(), params_hash_shared="e" * 16, dvc_exp_name="lr-high")
+    left_out: list[dict] = []
+    assert [r.run_id for r in comparison.records_from_mlflow("leaflab", left_out=left_out)] == [experiment]
+    assert len(left_out) == 2
+    # the baseline set-up is trained again later: it is the newest and complete for both variants
+    pcen = log_evaluated_run("pcen", 0, mask(2))
+    left_out.clear()
+    records = comparison.records_from_mlflow("leaflab", left_out=left_out)
+    assert [r.run_id for r in records] == [pcen, tbn] and [r["run_id"] for r in left_out] == [experiment]
+    comparison.compare(records)  # comparable: no refusal
 
 
 def test_two_runs_of_one_variant_and_seed_are_refused(store):
@@ -174,10 +190,14 @@ def test_cli_compare_shows_the_runs_it_took_and_the_verdict(store):
 
 
 def test_cli_compare_refuses_mixed_set_ups_in_one_line(store):
-    log_evaluated_run("pcen", 0, mask())
-    log_evaluated_run("tbn", 0, mask(), data_digest="e" * 32)
-    result = invoke("compare")
+    a = log_evaluated_run("pcen", 0, mask())
+    b = log_evaluated_run("tbn", 0, mask(), data_digest="e" * 32)
+    result = invoke("compare", "--run-ids", f"{a},{b}")
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: runs of different data")
+    newest = invoke("compare")  # by default: the newest run's set-up only, saying what it left out
+    assert newest.exit_code == 0, newest.output
+    assert "tbn-seed0" in newest.stdout and "pcen-seed0" not in newest.stdout
+    assert "1 complete run of another set-up (other data, shared params or test clips) left out" in newest.stdout
     empty = invoke("compare", "--dvc-exp", "nothing-here")
     assert empty.exit_code == 1 and "no complete run" in empty.stderr and "'nothing-here'" in empty.stderr

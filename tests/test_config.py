@@ -110,7 +110,8 @@ def test_one_frontend_schema_for_params_yaml_and_python():
     cfg = config_from_mapping(repo_params({"data": {"sample_rate": 8000}, "frontend": {"max_freq": 3900.0}}))
     fe = cfg.frontend_config("pcen")
     assert isinstance(fe, FrontendConfig) and fe.sample_rate == 8000 and fe.max_freq == 3900.0
-    assert fe == FrontendConfig(sample_rate=8000, max_freq=3900.0, compression="pcen")
+    eight_groups = {"groups": 8, "window_factor": 6.0, "stride_factor": 16.0}  # params.yaml's "8G-opt" choice
+    assert fe == FrontendConfig(sample_rate=8000, max_freq=3900.0, compression="pcen", **eight_groups)
     with pytest.raises(LeaflabError, match=r"^frontend\.pcen\.alpha = 1\.5: expected a number in \[0, 1\]$"):
         Frontend(FrontendConfig(pcen=PCENConfig(alpha=1.5)))
     with pytest.raises(LeaflabError, match=r"^frontend\.max_freq = 7800\.0: expected at most the Nyquist"):

@@ -30,9 +30,12 @@ def run(cmd: list[str], project: Path, timeout: int = 900) -> subprocess.Complet
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A git + DVC copy of the repository's tracked files with tiny params, after one `dvc repro`."""
+    """A git + DVC copy of the repository's tracked files with tiny params, after one `dvc repro` whose dvc.lock and
+    reports are committed, as a user does: the baseline that `dvc exp show` compares experiments with."""
     root = project_copy(tmp_path_factory.mktemp("pipeline") / "project", TINY)
     run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "dvc repro"], root)
     return root
 
 

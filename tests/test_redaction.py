@@ -1,7 +1,11 @@
 """leaflab.redaction: passwords in URIs and secret query values are masked, everything else is left as it was;
 and the places that print a tracking URI go through it."""
 
+import shutil
+
 import pytest
+
+from conftest import REPO
 
 from leaflab import tracking
 from leaflab.errors import LeaflabError
@@ -42,7 +46,7 @@ def test_leaflab_info_shows_a_database_tracking_uri_without_its_password(monkeyp
 
     from leaflab.cli import app
 
-    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql+psycopg2://leaflab:s3cr3t@db:5432/mlflow")
     result = CliRunner().invoke(app, ["info"])

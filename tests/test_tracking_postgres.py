@@ -33,13 +33,15 @@ def test_training_against_a_postgres_backed_tracking_server(mlflow_server, tmp_p
     workdir = make_workdir(tmp_path / "repo", epochs=2)
     done = run_stage(workdir, "a", env=stage_env({"MLFLOW_TRACKING_URI": mlflow_server}))
     assert done.returncode == 0, done.stdout + done.stderr
-    run_id = json.loads((workdir / "runs/a/mlflow_run.json").read_text())["run_id"]
+    (entry,) = json.loads((workdir / "runs/a/mlflow_run.json").read_text())["runs"]
+    run_id = entry["run_id"]
     client = MlflowClient(tracking_uri=mlflow_server)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "a"
     cfg = load_config(workdir / "params.yaml")
     expected = flatten(cfg.variant_params("a"))
-    assert set(run.data.params) == set(expected)
+    assert set(run.data.params) == set(expected) | {"seed"}  # the run's own seed
+    assert run.data.params["seed"] == "0"
     assert run.data.tags["variant"] == "a" and run.data.tags["params_hash"] == cfg.variant_params_hash("a")
     for key in ("train_loss", "val_loss", "val_accuracy", "lr", "data_wait_fraction"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [0, 1], key

@@ -112,8 +112,9 @@ def compare(experiment: Optional[str] = typer.Option(None, "--experiment", "-e",
             params: Path = PARAMS_OPTION) -> None:
     """The verdict from MLflow: complete runs (trained and evaluated) of one set-up, paired by seed.
 
-    By default the latest complete run of each variant and seed; runs of different data or shared params are
-    refused, naming the difference (select with --dvc-exp or --run-ids)."""
+    By default the set-up (data, shared params, test clips) of the newest complete run, with the latest run of each
+    variant and seed in it; runs of other set-ups are counted and left out (select them with --dvc-exp or
+    --run-ids). A selection that mixes set-ups is refused, naming the difference."""
     import json
 
     from leaflab import comparison, tracking
@@ -125,7 +126,8 @@ def compare(experiment: Optional[str] = typer.Option(None, "--experiment", "-e",
     uri = tracking.tracking_uri()
     tracking.check_reachable(uri)
     ids = [r.strip() for r in run_ids.split(",") if r.strip()] if run_ids else []
-    records = comparison.records_from_mlflow(experiment, dvc_exp, ids)
+    left_out: list[dict] = []
+    records = comparison.records_from_mlflow(experiment, dvc_exp, ids, left_out)
     if not records:
         raise LeaflabError(f"no complete run (FINISHED and evaluated) in MLflow experiment '{experiment}' at {uri}"
                            + (f" for DVC experiment {dvc_exp!r}" if dvc_exp else "") + "; run dvc repro first")
@@ -141,6 +143,10 @@ def compare(experiment: Optional[str] = typer.Option(None, "--experiment", "-e",
         runs.add_row(r["variant"], r["seed"], f"{r['run_name']} ({r['run_id']})", f"{r['test_accuracy']:.4f}",
                      f"{r['machine']['host']}, {r['machine']['device']}")
     console.print(runs)
+    if left_out:
+        runs_of = "run of another set-up" if len(left_out) == 1 else "runs of other set-ups"
+        console.print(f"{len(left_out)} complete {runs_of} (other data, shared params or test clips) left out: "
+                      "the newest set-up is shown; select others with --dvc-exp NAME or --run-ids")
     header, cells = comparison.variant_cells(document)
     table = Table(title="variants")
     for i, column in enumerate(header):

@@ -4,7 +4,8 @@ Runs come as `RunRecord`s, one per (variant, seed), from either source:
 - `records_from_summaries`: the compare stage — exactly the runs of this checkout's pipeline
   (reports/summaries/<V>.json, written by evaluate@V);
 - `records_from_mlflow`: `leaflab compare` — any complete runs of an experiment (other machines, `dvc exp`),
-  selected by DVC experiment name, by run ids, or the latest complete one per variant and seed.
+  selected by DVC experiment name, by run ids, or by default the set-up (data, shared params, test clips) of the
+  newest complete run, taking the latest complete run of each variant and seed of that set-up.
 `check_comparable` refuses, in one line naming the difference, runs that do not belong together: not evaluated,
 other data (DVC's digest of data/prepared), other shared params (everything but the variant's frontend
 overrides), other test clips. `compare` then computes the document whose schema other tools rely on
@@ -88,9 +89,11 @@ def records_from_summaries(variants: Iterable[str], layout: Layout = Layout()) -
     return records
 
 
-def records_from_mlflow(experiment: str, dvc_exp: str | None = None, run_ids: Sequence[str] = ()) -> list[RunRecord]:
-    """Complete (FINISHED and evaluated) training runs of `experiment`: those of the DVC experiment `dvc_exp`, or
-    exactly `run_ids`, or else the latest complete run of each variant and seed."""
+def records_from_mlflow(experiment: str, dvc_exp: str | None = None, run_ids: Sequence[str] = (),
+                        left_out: list[dict] | None = None) -> list[RunRecord]:
+    """Complete (FINISHED and evaluated) training runs of `experiment`: exactly `run_ids`, or else (of the DVC
+    experiment `dvc_exp` if given) the latest complete run of each variant and seed of the newest run's set-up.
+    Complete runs of other set-ups are appended to `left_out` when a list is given (to say what was not taken)."""
     if run_ids:
         runs = [tracking.run_record(run_id) for run_id in run_ids]
         incomplete = [r["run_id"] for r in runs if not _complete(r)]
@@ -99,7 +102,11 @@ def records_from_mlflow(experiment: str, dvc_exp: str | None = None, run_ids: Se
                                "them first (dvc repro evaluate@<variant>) or leave them out")
     else:
         query = "tags.`leaflab.kind` = 'training'" + (f" and tags.dvc_exp_name = '{dvc_exp}'" if dvc_exp else "")
-        runs = latest_per_variant_and_seed([r for r in tracking.run_records(experiment, query) if _complete(r)])
+        complete = [r for r in tracking.run_records(experiment, query) if _complete(r)]
+        same, other = split_by_newest_setup(complete)
+        runs = latest_per_variant_and_seed(same)
+        if left_out is not None:
+            left_out.extend(other)
     records = []
     for run in runs:
         predictions = tracking.open_run(run["run_id"]).load_dict("evaluate/predictions.json")
@@ -116,6 +123,24 @@ def records_from_mlflow(experiment: str, dvc_exp: str | None = None, run_ids: Se
 
 def _complete(run: dict) -> bool:
     return run["status"] == "FINISHED" and "test_accuracy" in run["metrics"] and "variant" in run["tags"]
+
+
+SETUP_TAGS = ("data_digest", "params_hash_shared", "leaflab.clips_digest")
+
+
+def setup_of(run: dict) -> tuple[str | None, ...]:
+    """What makes runs comparable: the same data, shared params and test clips (the tags check_comparable reads)."""
+    return tuple(run["tags"].get(tag) for tag in SETUP_TAGS)
+
+
+def split_by_newest_setup(runs: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """(the runs of the newest run's set-up, the others): after `dvc exp run -S train.lr=…` the default comparison
+    is that of the newest set-up, not a mix refused by check_comparable."""
+    if not runs:
+        return [], []
+    newest = max(runs, key=lambda r: r["start_time"] or 0)
+    same = [r for r in runs if setup_of(r) == setup_of(newest)]
+    return same, [r for r in runs if setup_of(r) != setup_of(newest)]
 
 
 def latest_per_variant_and_seed(runs: Sequence[dict]) -> list[dict]:

@@ -102,7 +102,7 @@ def headline(results: list[training.TrainResult]) -> dict:
     return {"val_accuracy": statistics.fmean(f["val_accuracy"] for f in finals),
             "val_loss": statistics.fmean(f["val_loss"] for f in finals),
             "train_samples_per_s": statistics.fmean(row["samples_per_s"] for r in results for row in r.history),
-            "epochs": max(len(r.history) for r in results), "seeds": len(results)}
+            "epochs": max(len(r.history) for r in results)}  # the seeds are a param: no column of their own
 
 
 def _mean_at(results: list[training.TrainResult], epoch: int, key: str) -> str:
