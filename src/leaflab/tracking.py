@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -175,8 +176,17 @@ class Run:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}))
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context",
-                                                                                        context)])])
+        inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except mlflow.exceptions.MlflowException as err:
+                # seeds trained side by side log the same data set at once: the store creates its row on first
+                # use and the other processes hit the unique constraint; the row exists now, so trying again links it
+                if "unique" not in str(err).lower() or attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     # artifacts
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
