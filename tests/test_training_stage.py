@@ -275,10 +275,11 @@ def test_two_processes_with_torchrun_match_one_process(workdir):
 def test_seeds_trained_side_by_side_in_processes_equal_seeds_trained_one_after_another(workdir):
     """train.processes only changes how long it takes: the same threads per training give the same numbers."""
     assert not (workdir / "mlflow.db").exists()  # the workers start together on a store that does not exist yet
-    write_params(workdir, tiny_params(epochs=2, seeds=[0, 1], threads=2, processes=2))
+    # with a DataLoader worker in each: the seed processes must be allowed children (no daemons)
+    write_params(workdir, tiny_params(epochs=2, seeds=[0, 1], threads=2, processes=2, num_workers=1))
     side_by_side = run_stage(workdir, "b")
     assert side_by_side.returncode == 0, side_by_side.stderr
-    write_params(workdir, tiny_params(epochs=2, seeds=[0, 1], threads=1, processes=1))
+    write_params(workdir, tiny_params(epochs=2, seeds=[0, 1], threads=1, processes=1, num_workers=1))
     alone = run_stage(workdir, "a")
     assert alone.returncode == 0, alone.stderr
     assert "b: training seeds [0, 1] in 2 processes of 1 thread(s) each" in side_by_side.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
 from leaflab import distributed, tracking, training
@@ -47,10 +48,11 @@ def seeds_in_processes(cfg: Config, variant: str, layout: Layout, processes: int
     threads = max(1, cfg.train.threads // processes)
     tracking.experiment_id(cfg.tracking.experiment)  # create the store first: workers creating it at once collide
     say(f"{variant}: training seeds {list(cfg.train.seeds)} in {processes} processes of {threads} thread(s) each")
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(processes, initializer=_worker_dies_with_its_parent) as pool:
-        jobs = [pool.apply_async(_train_one_seed, (cfg, variant, seed, layout, threads)) for seed in cfg.train.seeds]
-        return [job.get() for job in jobs]
+    # not multiprocessing.Pool: its workers are daemons, which may not start the DataLoader's worker processes
+    with ProcessPoolExecutor(processes, multiprocessing.get_context("spawn"),
+                             initializer=_worker_dies_with_its_parent) as pool:
+        jobs = [pool.submit(_train_one_seed, cfg, variant, seed, layout, threads) for seed in cfg.train.seeds]
+        return [job.result() for job in jobs]
 
 
 def _train_one_seed(cfg: Config, variant: str, seed: int, layout: Layout, threads: int) -> training.TrainResult:
