@@ -221,9 +221,22 @@ class Run:
             try:
                 path = self.client.download_artifacts(self.run_id, artifact_file, tmp)
             except (mlflow.exceptions.MlflowException, OSError) as err:
+                self._explain_unreachable_artifacts()
                 raise LeaflabError(f"MLflow run {self.run_id} has no readable artifact {artifact_file} ({err}); "
                                    "evaluate it again (dvc repro -f evaluate@<variant>)") from None
             return json.loads(Path(path).read_text())
+
+    def _explain_unreachable_artifacts(self) -> None:
+        """A server started with --serve-artifacts hands out mlflow-artifacts:/ locations, which only that server
+        resolves: a client reading the database directly sees the runs but cannot fetch their files."""
+        from leaflab.redaction import redact
+
+        uri = self.client.tracking_uri
+        if self.client.get_run(self.run_id).info.artifact_uri.startswith("mlflow-artifacts:") and \
+                not uri.startswith(("http://", "https://")):
+            raise LeaflabError(f"MLflow run {self.run_id} keeps its artifacts on the tracking server "
+                               f"(mlflow-artifacts:/), which the store {redact(uri)} cannot reach: set "
+                               "MLFLOW_TRACKING_URI to the server's http(s):// address")
 
     def list_artifacts(self, path: str | None = None) -> list[str]:
         return [a.path for a in self.client.list_artifacts(self.run_id, path)]
