@@ -72,11 +72,11 @@ def test_mel_init_centres_and_widths():
 
 
 def test_gabor_energies_match_numpy_convolution():
-    from leaflab.frontends.gabor import gabor_energies_exact
+    from leaflab.frontends.gabor import gabor_energies
     rng = np.random.default_rng(0)
     x = rng.standard_normal(900)
     eta, sigma = np.array([0.05, 1.0, 3.0]), np.array([80.0, 10.0, 2.0])
-    got = gabor_energies_exact(torch.tensor(x)[None], torch.tensor(eta), torch.tensor(sigma), 401)[0].numpy()
+    got = gabor_energies(torch.tensor(x)[None], torch.tensor(eta), torch.tensor(sigma), 401)[0].numpy()
     for n in range(3):
         ref = np.abs(np.convolve(x, numpy_gabor(eta[n], sigma[n], 200))[200:1100]) ** 2
         np.testing.assert_allclose(got[n], ref, rtol=1e-9, atol=1e-12 * ref.max())
@@ -85,7 +85,7 @@ def test_gabor_energies_match_numpy_convolution():
 @pytest.mark.parametrize("exact", [True, False])
 def test_leaf_filterbank_matches_numpy_definition(exact):
     x = clips(4000)[0].numpy()
-    fe = Frontend(FrontendConfig(filterbank="leaf", n_filters=6), exact=exact).double()
+    fe = Frontend(FrontendConfig(filterbank="leaf", n_filters=6, implementation="reference" if exact else "fast")).double()
     eta, sigma, rho = (t.detach().numpy() for t in fe.filterbank.constrained())
     ref = numpy_leaf(x, eta, sigma, rho, 401, 160)
     got = fe.filterbank(torch.tensor(x)[None])[0].detach().numpy()
@@ -102,9 +102,9 @@ def test_fast_path_equals_definition_float64_and_float32(filterbank, compression
     fe = Frontend(FrontendConfig(filterbank=filterbank, compression=compression)).double()
     with torch.no_grad():
         fast = fe(x)
-        fe.exact = True
+        fe.implementation = "reference"
         exact = fe(x)
-        fe.exact = False
+        fe.implementation = "fast"
         fe32 = fe.float()
         fast32 = fe32(x.float()).double()
     scale = exact.abs().amax(dim=(1, 2, 3), keepdim=True)
@@ -118,7 +118,7 @@ def test_leaf_fast_energies_per_band_and_at_22khz():
         x = clips(sr, sr)
         fe = Frontend(FrontendConfig(filterbank="leaf", sample_rate=sr)).double()
         fast = fe.filterbank(x).detach()
-        fe.exact = True
+        fe.implementation = "reference"
         exact = fe.filterbank(x).detach()
         assert fast.shape[-1] == 100
         per_band = ((fast - exact).abs().amax(-1) / exact.abs().amax(-1)).max()
@@ -127,7 +127,7 @@ def test_leaf_fast_energies_per_band_and_at_22khz():
 
 # ---- EfficientLEAF --------------------------------------------------------------------------------------------------
 def test_efficientleaf_one_group_full_taps_stride_one_equals_leaf():
-    leaf = Frontend(FrontendConfig(filterbank="leaf"), exact=True).double()
+    leaf = Frontend(FrontendConfig(filterbank="leaf", implementation="reference")).double()
     sigma_max = float(leaf.filterbank.bandwidths.detach().max())
     cfg = FrontendConfig(filterbank="efficientleaf", groups=1, window_factor=401.5 / sigma_max, stride_factor=1e-6)
     eleaf = Frontend(cfg).double()
@@ -254,13 +254,13 @@ def test_tbn_matches_numpy():
     var = X.var(axis=(0, 3), keepdims=True)
     np.testing.assert_allclose(got, (X - mean) / np.sqrt(var + 1e-5), rtol=1e-9, atol=1e-9)
     assert fe.out_channels == 2
-    assert Frontend(FrontendConfig(compression="tbn", tbn=TBNConfig(median_append=False))).out_channels == 1
+    assert Frontend(FrontendConfig(compression="tbn", tbn=TBNConfig(median="none"))).out_channels == 1
 
 
 # ---- constraints (functional, at the boundary) ----------------------------------------------------------------------
 @pytest.mark.parametrize("filterbank,sigma_min", [("leaf", 4 * Z), ("efficientleaf", 2 * Z)])
 def test_filterbank_constraints_are_functional(filterbank, sigma_min):
-    fe = Frontend(FrontendConfig(filterbank=filterbank, n_filters=8, groups=2), exact=True).double()
+    fe = Frontend(FrontendConfig(filterbank=filterbank, n_filters=8, groups=2, implementation="reference")).double()
     fb = fe.filterbank
     raw = {"center_freqs": [-0.5, 4.0], "bandwidths": [0.1, 1000.0], "pooling_widths": [1e-4, 0.9]}
     clamped = {"center_freqs": [0.0, math.pi], "bandwidths": [sigma_min, 401 * Z],
@@ -395,7 +395,7 @@ def test_geometry_recomputed_when_parameters_change():
         fe.filterbank.bandwidths.mul_(0.5)                   # an optimiser step changes σ in place
     y = fe(x)
     assert fe.filterbank._plan is not plan
-    fe.exact = True
+    fe.implementation = "reference"
     torch.testing.assert_close(y, fe(x), rtol=0, atol=1e-4 * float(y.detach().abs().max()))
     eleaf = Frontend(FrontendConfig())
     geo = eleaf.filterbank.geometry()

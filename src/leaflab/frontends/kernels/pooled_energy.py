@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .pooling import depthwise_conv1d
+from .conv import depthwise_conv1d
 
 
 def _geometry(length: int, taps: int, hop: int, n_frames: int) -> tuple[int, int, int, int]:
