@@ -66,7 +66,8 @@ def efficientleaf_definition(x: torch.Tensor, centers: torch.Tensor, sigmas: tor
         energies = gabor_energies(x, centers[i], sigmas[i], g.kernel_taps, s)
         windows = gaussian_pooling_windows(widths[i] / s * grid.taps / g.pool_taps, g.pool_taps)
         index = torch.as_tensor(np.minimum((2 * centres + s) // (2 * s), energies.shape[-1] - 1), device=x.device)
-        outputs.append(gaussian_pool(energies, windows, index, None))
+        stride = grid.period_samples // s if grid.period_frames == 1 else None  # frames every hop/s coarse samples
+        outputs.append(gaussian_pool(energies, windows, index, stride))
     return torch.cat(outputs, dim=1)
 
 
