@@ -376,7 +376,7 @@ def test_inspection_api():
             assert all(isinstance(v, float) for v in summary.values())
             assert set(fe.compression_parameters()) == ({"alpha", "delta", "r", "s"} if comp == "pcen" else {"a"})
             n_params = sum(p.numel() for p in fe.parameters())
-            assert n_params == sum(p.numel() for p in fe.filterbank_parameters() + fe.compression_parameters_list())
+            assert n_params == sum(p.numel() for p in [*fe.filterbank.parameters(), *fe.compression.parameters()])
 
 
 @pytest.mark.parametrize("change", [

@@ -73,12 +73,6 @@ class Frontend(nn.Module):
         return self.grid.frame_times_s(int(n_samples))
 
     # ---- inspection: the filterbank's and the compression's own descriptions -------------------------------
-    def filterbank_parameters(self) -> list[nn.Parameter]:
-        return list(self.filterbank.parameters())
-
-    def compression_parameters_list(self) -> list[nn.Parameter]:
-        return list(self.compression.parameters())
-
     def center_frequencies_hz(self) -> np.ndarray:
         return self.filterbank.center_frequencies_hz()
 
@@ -93,9 +87,6 @@ class Frontend(nn.Module):
 
     def pooling_widths_ms(self) -> np.ndarray:
         return self.filterbank.pooling_widths_ms()
-
-    def impulse_responses(self) -> list[np.ndarray]:
-        return self.filterbank.impulse_responses()
 
     def frequency_responses(self, n_fft: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         return self.filterbank.frequency_responses(n_fft)
