@@ -146,7 +146,7 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
 def pooled_energies_stride1(x: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor, windows: torch.Tensor,
                             group: StrideGroup, grid: FrameGrid) -> torch.Tensor:
     """A stride-1 group with an integer hop: the definition itself, E on every sample of the clip (zero outside)
-    pooled at the frame centres, with kernels of ±L taps. energy_pooling.pooled_energy → [B, n_g, J]."""
+    pooled at the frame centres, with kernels of ±L taps. pooled_energy.pooled_energy → [B, n_g, J]."""
     n_samples = x.shape[-1]
     L = group.half_support
     kernels = gabor_impulse_responses(centers, sigmas, L)
