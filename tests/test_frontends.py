@@ -85,7 +85,8 @@ def test_gabor_energies_match_numpy_convolution():
 @pytest.mark.parametrize("exact", [True, False])
 def test_leaf_filterbank_matches_numpy_definition(exact):
     x = clips(4000)[0].numpy()
-    fe = Frontend(FrontendConfig(filterbank="leaf", n_filters=6, implementation="reference" if exact else "fast")).double()
+    implementation = "reference" if exact else "fast"
+    fe = Frontend(FrontendConfig(filterbank="leaf", n_filters=6, implementation=implementation)).double()
     eta, sigma, rho = (t.detach().numpy() for t in fe.filterbank.constrained())
     ref = numpy_leaf(x, eta, sigma, rho, 401, 160)
     got = fe.filterbank(torch.tensor(x)[None])[0].detach().numpy()

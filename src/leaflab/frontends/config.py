@@ -112,4 +112,5 @@ def validate_config(cfg: FrontendConfig, where: str = "frontend") -> None:
     raise_first_problem(cfg, where)
 
 
-__all__ = ["FrontendConfig", "PCENConfig", "TBNConfig", "FILTERBANKS", "COMPRESSIONS", "IMPLEMENTATIONS", "validate_config"]
+__all__ = ["FrontendConfig", "PCENConfig", "TBNConfig", "FILTERBANKS", "COMPRESSIONS", "IMPLEMENTATIONS",
+           "validate_config"]

@@ -59,13 +59,14 @@ def group_geometry(centers: np.ndarray, sigmas: np.ndarray, groups: int, window_
 def efficientleaf_definition(x: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor, widths: torch.Tensor,
                              geometry: list[GroupGeometry], grid: FrameGrid) -> torch.Tensor:
     """Group by group: strided energies, Gaussian pooling of ρ' over W_g taps at the frames → [B, N, J]."""
-    centres = grid.frame_centres(x.shape[-1])
+    frame_centres = grid.frame_centres(x.shape[-1])
     outputs = []
     for g in geometry:
         s, i = g.conv_stride, slice(g.start, g.stop)
         energies = gabor_energies(x, centers[i], sigmas[i], g.kernel_taps, s)
         windows = gaussian_pooling_windows(widths[i] / s * grid.taps / g.pool_taps, g.pool_taps)
-        index = torch.as_tensor(np.minimum((2 * centres + s) // (2 * s), energies.shape[-1] - 1), device=x.device)
+        nearest = np.minimum((2 * frame_centres + s) // (2 * s), energies.shape[-1] - 1)  # coarse sample per frame
+        index = torch.as_tensor(nearest, device=x.device)
         stride = grid.period_samples // s if grid.period_frames == 1 else None  # frames every hop/s coarse samples
         outputs.append(gaussian_pool(energies, windows, index, stride))
     return torch.cat(outputs, dim=1)

@@ -45,7 +45,7 @@ def sigma_to_fwhm_hz(sigmas, sample_rate: int):
 
 
 def gabor_impulse_responses(centers: torch.Tensor, sigmas: torch.Tensor, half_length: int) -> torch.Tensor:
-    """Re and Im of φ_n(t), t = −L…L: centers, sigmas [N] → [2N, 2L + 1] (rows 0..N−1 real, N..2N−1 imaginary)."""
+    """Re and Im of φ_n(t), t = −L…L: centers, sigmas [N] → [2N, 2L + 1] (rows 0..N−1 real, N..2N−1 imag)."""
     t = torch.arange(-half_length, half_length + 1, dtype=centers.dtype, device=centers.device)
     envelope = torch.exp(-0.5 * (t / sigmas[:, None]) ** 2) / (math.sqrt(2 * math.pi) * sigmas[:, None])
     phase = centers[:, None] * t
@@ -54,7 +54,7 @@ def gabor_impulse_responses(centers: torch.Tensor, sigmas: torch.Tensor, half_le
 
 def gabor_energies(x: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor, taps: int,
                    stride: int = 1) -> torch.Tensor:
-    """E_n(m) = |x ∗ φ_n|²(m·stride), K taps, zero padding (K−1)/2: x [B, T], η, σ [N] → [B, N, ⌈T/stride⌉]."""
+    """E_n(m) = |x ∗ φ_n|²(m·s), K taps, zero padding (K−1)/2: x [B, T], η, σ [N] → [B, N, ⌈T/s⌉]."""
     n = centers.shape[0]
     kernels = gabor_impulse_responses(centers, sigmas, taps // 2)
     z = F.conv1d(F.pad(x, (taps // 2, taps // 2))[:, None], kernels[:, None], stride=stride)

@@ -22,9 +22,9 @@ def leaf_definition(x: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor
                     grid: FrameGrid) -> torch.Tensor:
     """K-tap stride-1 Gabor energies pooled at the frame centres → [B, N, J]."""
     energies = gabor_energies(x, centers, sigmas, grid.taps)
-    centres = torch.as_tensor(grid.frame_centres(x.shape[-1]), device=x.device)
+    frame_centres = torch.as_tensor(grid.frame_centres(x.shape[-1]), device=x.device)
     stride = grid.period_samples if grid.period_frames == 1 else None
-    return gaussian_pool(energies, windows, centres, stride)
+    return gaussian_pool(energies, windows, frame_centres, stride)
 
 
 class LeafFilterbank(GaborFilterbank):

@@ -25,7 +25,9 @@ def gaussian_pooling_windows(widths: torch.Tensor, taps: int) -> torch.Tensor:
 
 def gaussian_pool(energies: torch.Tensor, windows: torch.Tensor, centres: torch.Tensor,
                   stride: int | None) -> torch.Tensor:
-    """P_n(j) = Σ_u w_n(u + (W−1)/2)·E_n(c_j + u), zeros outside: E [B, N, L], w [N, odd W], centres [J] → [B, N, J].
+    """P_n(j) = Σ_u w_n(u + (W−1)/2)·E_n(c_j + u), zeros outside.
+
+    energies [B, N, L], windows [N, odd W], centres [J] (frame centres, indices into L) → [B, N, J].
 
     stride: pass s when the centres are exactly 0, s, 2s, … (one strided convolution), else None.
     """

@@ -38,7 +38,7 @@ def efficientleaf_pooled_energies(x: torch.Tensor, centers: torch.Tensor, sigmas
                                   widths: torch.Tensor, geometry, grid: FrameGrid) -> torch.Tensor:
     """[B, N, J] from x [B, T] and the constrained η, σ, ρ [N] with the group geometry of efficientleaf.py."""
     n_samples = x.shape[-1]
-    centres = grid.frame_centres(n_samples)
+    frame_centres = grid.frame_centres(n_samples)
     # Impulse responses and pooling windows of all groups in one go, centred on grids of the largest group's
     # taps; each group slices its own taps out of them (fewer small ops: what 8 groups spend their time on).
     half = max(geo.kernel_taps for geo in geometry) // 2
@@ -56,9 +56,9 @@ def efficientleaf_pooled_energies(x: torch.Tensor, centers: torch.Tensor, sigmas
         z = strided_conv1d(x, kernels.reshape(-1, k_g), s, n_coarse, pad_left=k_g // 2)
         windows = all_windows[start:stop, pool_half - w_g // 2: pool_half + w_g // 2 + 1]
         if grid.period_frames == 1:  # frames every period_samples // s coarse samples, from 0
-            outputs.append(pooled_energy(z, windows, grid.period_samples // s, len(centres)))
+            outputs.append(pooled_energy(z, windows, grid.period_samples // s, len(frame_centres)))
         else:
-            index = np.minimum((2 * centres + s) // (2 * s), n_coarse - 1)
+            index = np.minimum((2 * frame_centres + s) // (2 * s), n_coarse - 1)
             pooled = depthwise_conv1d(complex_energy(z), windows, 1, w_g // 2)
             outputs.append(pooled[..., torch.as_tensor(index, device=x.device)])
     return torch.cat(outputs, dim=1)
@@ -71,8 +71,8 @@ def pooling_windows(widths: torch.Tensor, geometry, taps: int) -> torch.Tensor:
     strides = np.concatenate([np.full(g.stop - g.start, g.conv_stride) for g in geometry])
     # 2/((W − 1)·ρ') = 2·s·W/((W − 1)·K·ρ), a per-filter constant times 1/ρ
     # a 1-tap window (possible at 22.05 kHz with stride factor 16) is [1]: its scale is 0, not 2·s/(0·K)
-    scale = torch.as_tensor(np.where(pool_taps > 1, 2.0 * strides * pool_taps / (np.maximum(pool_taps - 1, 1) * taps),
-                                     0.0), dtype=widths.dtype, device=widths.device)
+    scale = np.where(pool_taps > 1, 2.0 * strides * pool_taps / (np.maximum(pool_taps - 1, 1) * taps), 0.0)
+    scale = torch.as_tensor(scale, dtype=widths.dtype, device=widths.device)
     half = int(pool_taps.max()) // 2
     u = torch.arange(-half, half + 1, dtype=widths.dtype, device=widths.device)
     return torch.exp(-0.5 * (u * (scale / widths)[:, None]) ** 2)

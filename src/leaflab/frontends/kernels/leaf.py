@@ -96,8 +96,8 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
     n = centers.shape[0]
     taps, s, L = grid.taps, group.stride, group.half_support
     a, periods = grid.period_samples, grid.period_frames
-    centres = grid.frame_centres(n_samples)
-    n_frames = len(centres)
+    frame_centres = grid.frame_centres(n_samples)
+    n_frames = len(frame_centres)
     # v = w ∗ g on offsets −(K−1)/2 − R_g … ; pad so that offsets −R−s … R+s exist (R a multiple of s).
     g = group.interpolator
     r_g = g.numel() // 2
@@ -106,7 +106,7 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
     R = -(-r_v // s) * s
     v = F.pad(v, (R + s - r_v, R + s - r_v))          # index i ↔ offset i − (R + s)
     n_kernel = 2 * R // s + 2                         # ker_p[i] = v(−R − o_p + i·s)
-    n_coarse = int(centres[-1]) // s + n_kernel + 1   # coarse samples τ_m = −R + m·s
+    n_coarse = int(frame_centres[-1]) // s + n_kernel + 1   # coarse samples τ_m = −R + m·s
     # Energies on the coarse grid (z uses zero-padded x; E is the band-limited "natural" energy).
     kernels = gabor_impulse_responses(centers, sigmas, L)
     pad_left = R + L
@@ -116,7 +116,7 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
     # Pool each phase of frames with its own sampled kernel, one strided depthwise conv per phase.
     out = energy.new_empty(batch, n, n_frames)
     for p in range(min(periods, n_frames)):
-        c_p = int(centres[p])
+        c_p = int(frame_centres[p])
         q_p, o_p = divmod(c_p, s)
         start = s - o_p  # index of offset −R − o_p in v
         kernel_p = v[:, start: start + (n_kernel - 1) * s + 1: s]
@@ -124,7 +124,7 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
         out[..., p::periods] = pooled[..., : len(range(p, n_frames, periods))]
     # Edge frames: the definition pools E·1[0,T); remove the band-limited E outside the clip.
     reach = min(L, taps // 2)
-    edge = (centres - taps // 2 < 0) | (centres + taps // 2 > n_samples - 1)
+    edge = (frame_centres - taps // 2 < 0) | (frame_centres + taps // 2 > n_samples - 1)
     edge_frames = np.nonzero(edge)[0]
     if reach > 0 and len(edge_frames):
         x_ext = F.pad(x, (2 * L, 2 * L))
@@ -134,7 +134,7 @@ def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torc
                            strided_conv1d(seg_right, kernels, 1, reach)], dim=-1)
         e_out = complex_energy(z_out)               # [B, n, 2·reach]
         t_out = np.concatenate([np.arange(-reach, 0), np.arange(n_samples, n_samples + reach)])
-        offset = t_out[None, :] - centres[edge_frames][:, None] + taps // 2   # [J_e, 2·reach] window index
+        offset = t_out[None, :] - frame_centres[edge_frames][:, None] + taps // 2   # [J_e, 2·reach] window index
         inside = (offset >= 0) & (offset < taps)
         idx = torch.as_tensor(np.clip(offset, 0, taps - 1), device=x.device)
         weights = windows[:, idx] * torch.as_tensor(inside, dtype=windows.dtype, device=x.device)  # [n, J_e, 2r]

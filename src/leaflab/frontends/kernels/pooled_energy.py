@@ -1,8 +1,8 @@
 """Gabor energy and Gaussian pooling at evenly spaced frames as one autograd function, with a backward of
 matrix products over blocks of h samples (derivation: docs/frontends.md).
 
-Contract: pooled_energy(z, w, h, J)[b, i, j] = Σ_u w[i, u]·E[b, i, j·h + u − (W−1)/2], E = re² + im² of the parts z
-[B, 2n, M] (0 outside [0, M)): pooling.gaussian_pool of the energies with stride h, values and gradients.
+Contract: pooled_energy(z, w, h, J)[b, i, j] = Σ_u w[i, u]·E[b, i, j·h + u − (W−1)/2], E = re² + im² of the
+parts z [B, 2n, M] (0 outside [0, M)): pooling.gaussian_pool of the energies with stride h, values and gradients.
 """
 from __future__ import annotations
 
