@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from leaflab.errors import LeaflabError
+from leaflab.frontends import registry
+from leaflab.frontends.tbn import MEDIANS
 from leaflab.schema import (at_least, build, fraction, in_range, non_negative, one_of, positive,
                             raise_first_problem, setting)
 
-FILTERBANKS = ("leaf", "efficientleaf", "mel")      # the keys of registry.FILTERBANKS
-COMPRESSIONS = ("pcen", "tbn")                      # the keys of registry.COMPRESSIONS
+FILTERBANKS = tuple(registry.FILTERBANKS)           # ("leaf", "efficientleaf", "mel")
+COMPRESSIONS = tuple(registry.COMPRESSIONS)         # ("pcen", "tbn")
 IMPLEMENTATIONS = ("fast", "reference")
 
 
@@ -47,7 +49,7 @@ class TBNConfig:
     log_gain: float = setting(5.0, doc="initial a in log1p(10^a · E)")
     trainable: bool = setting(True, doc="learn a (else fixed)")
     per_band: bool = setting(True, doc="one a per band (else one for all)")
-    median: str = setting("append", one_of("none", "subtract", "append"),
+    median: str = setting("append", one_of(*MEDIANS),
                           "L − median_t(L): none, in place (subtract), or as a second channel (append)")
     momentum: float = setting(0.1, fraction, "BatchNorm running-statistics momentum")
     bn_eps: float = setting(1.0e-5, positive, "BatchNorm eps")

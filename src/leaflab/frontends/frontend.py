@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from leaflab.errors import LeaflabError
 
-from .config import FrontendConfig, validate_config
+from .config import IMPLEMENTATIONS, FrontendConfig, validate_config
 from .framing import FrameGrid
 from .registry import COMPRESSIONS, FILTERBANKS
 
@@ -38,7 +38,7 @@ class Frontend(nn.Module):
 
     @implementation.setter
     def implementation(self, value: str) -> None:
-        if value not in ("fast", "reference"):
+        if value not in IMPLEMENTATIONS:
             raise LeaflabError(f"Frontend.implementation = {value!r}: expected fast or reference")
         self._implementation = value
         self.filterbank.fast = self.compression.fast = value == "fast"
