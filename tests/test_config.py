@@ -77,6 +77,11 @@ def test_flatten_gives_dotted_keys():
     ({"frontend": {"pcen": {"smooth_coef": 0.0}}}, ["frontend.pcen.smooth_coef", "(0, 1]"]),
     ({"frontend": {"n_filters": 1000}}, ["frontend.n_filters", "[1, 512]"]),
     ({"frontend": {"groups": 41}}, ["frontend.groups", "n_filters = 40"]),
+    ({"frontend": {"implementation": "compiled"}}, ["frontend.implementation", "compiled", "fast, reference"]),
+    ({"frontend": {"tbn": {"median": "append2"}}}, ["frontend.tbn.median", "none, subtract, append"]),
+    ({"frontend": {"tbn": {"per_band": "yes"}}}, ["frontend.tbn.per_band", "yes"]),
+    ({"frontend": {"pcen": {"learn_logs": True, "delta": 0.0}}}, ["frontend.pcen.delta", "learn_logs", "> 0"]),
+    ({"frontend": {"tbn": {"median_append": True}}}, ["frontend.tbn.median_append", "unknown key"]),
 ])
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(mapping, names):
     with pytest.raises(LeaflabError) as err:
@@ -99,6 +104,15 @@ def test_every_key_must_be_in_params_yaml(tmp_path):
     with pytest.raises(LeaflabError) as err:
         config_from_mapping(params)
     assert str(err.value).startswith("params.yaml: train.epochs: missing; add it (e.g. epochs: 2")
+    for block, key in (("frontend", "implementation"), ("frontend.tbn", "median"), ("frontend.pcen", "learn_logs")):
+        params = repo_params()
+        mapping = params
+        for part in block.split("."):
+            mapping = mapping[part]
+        del mapping[key]
+        with pytest.raises(LeaflabError) as err:
+            config_from_mapping(params)
+        assert str(err.value).startswith(f"params.yaml: {block}.{key}: missing; add it"), str(err.value)
     params = repo_params()
     del params["evaluate"]
     with pytest.raises(LeaflabError, match="params.yaml: evaluate: missing"):

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from leaflab.frontends.energy_pooling import pooled_energy
-from leaflab.frontends.gabor import complex_energy, strided_conv1d
-from leaflab.frontends.leaf import interpolation_matrix
-from leaflab.frontends.pcen import DENSE_MAX_FRAMES, decay_matrix, pcen_smoother, pcen_smoother_loop
-from leaflab.frontends.pooling import depthwise_conv1d
+from leaflab.frontends.kernels.pooled_energy import pooled_energy
+from leaflab.frontends.kernels.conv import complex_energy, depthwise_conv1d, strided_conv1d
+from leaflab.frontends.kernels.leaf import interpolation_matrix
+from leaflab.frontends.kernels.pcen import DENSE_MAX_FRAMES, decay_matrix, pcen_smoother
+from leaflab.frontends.pcen import smoother as pcen_smoother_loop
 
 
 @pytest.mark.parametrize("taps,stride,n_out", [(69, 1, 500), (123, 2, 301), (221, 4, 77), (401, 10, 160),
@@ -244,8 +244,8 @@ def test_fused_pcen_gradients_equal_the_reference(n_frames):
     energies.requires_grad_()
     weights = torch.randn(3, 1, 5, n_frames, dtype=torch.float64)
     results = []
-    for exact in (False, True):
-        pcen.exact = exact
+    for fast in (True, False):
+        pcen.fast = fast
         out = pcen(energies)
         grads = torch.autograd.grad((out * weights).sum(), [energies, *pcen.parameters()], allow_unused=True)
         results.append((out, [torch.zeros(5, dtype=torch.float64) if g is None else g for g in grads]))
@@ -254,3 +254,58 @@ def test_fused_pcen_gradients_equal_the_reference(n_frames):
     for got, want in zip(fast_grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
     assert (fast_grads[0][0, 0, : n_frames // 2] == 0).all()
+
+
+# ---- the filterbank kernels against their definitions (values, gradients, gradcheck) -------------------------------
+@pytest.mark.parametrize("filterbank", ["leaf", "efficientleaf"])
+def test_filterbank_kernels_equal_their_definitions_with_gradients_and_gradcheck(filterbank):
+    from leaflab.frontends import Frontend, FrontendConfig
+    from leaflab.frontends.efficientleaf import efficientleaf_definition
+    from leaflab.frontends.kernels.efficientleaf import efficientleaf_pooled_energies
+    from leaflab.frontends.kernels.leaf import leaf_pooled_energies
+    from leaflab.frontends.leaf import leaf_definition
+    from leaflab.frontends.pooling import gaussian_pooling_windows
+
+    fb = Frontend(FrontendConfig(filterbank=filterbank, n_filters=6, groups=2, max_freq=7000.0)).double().filterbank
+    grid = fb.grid
+    x = torch.randn(2, 1200, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    params = [t.detach().clone().requires_grad_() for t in fb.constrained()]
+    if filterbank == "leaf":
+        plan = fb.stride_groups(params[1])
+
+        def fast(x, c, s, r):
+            return leaf_pooled_energies(x, c, s, gaussian_pooling_windows(r, grid.taps), plan, grid)
+
+        def definition(x, c, s, r):
+            return leaf_definition(x, c, s, gaussian_pooling_windows(r, grid.taps), grid)
+        tolerance = 1e-5       # the fast LEAF's stated approximation (docs/frontends.md)
+    else:
+        geometry = fb.geometry()
+
+        def fast(x, c, s, r):
+            return efficientleaf_pooled_energies(x, c, s, r, geometry, grid)
+
+        def definition(x, c, s, r):
+            return efficientleaf_definition(x, c, s, r, geometry, grid)
+        tolerance = 1e-10
+    weights = torch.randn(2, 6, grid.num_frames(1200), dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    outputs = []
+    for fn in (fast, definition):
+        y = fn(x, *params)
+        outputs.append((y.detach(), torch.autograd.grad((y * weights).sum(), [x, *params])))
+    (y_fast, g_fast), (y_def, g_def) = outputs
+    scale = y_def.abs().amax(-1, keepdim=True)
+    assert ((y_fast - y_def).abs() / scale).max() < tolerance
+    for got, want in zip(g_fast, g_def):
+        assert ((got - want).abs().max() / want.abs().max()) < 10 * tolerance
+    assert torch.autograd.gradcheck(lambda *p: fast(x.detach()[:, :600], *p), params, eps=1e-6, atol=1e-6,
+                                    rtol=1e-4)
+
+
+def test_pcen_kernel_gradcheck():
+    from leaflab.frontends.kernels.pcen import pcen_fused
+    g = torch.Generator().manual_seed(6)
+    energies = (torch.rand(2, 3, 20, dtype=torch.float64, generator=g) ** 2 * 5).requires_grad_()
+    alpha, delta, r, s = (torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in
+                          ([0.9, 0.5, 0.96], [2.0, 1.0, 0.5], [0.5, 0.3, 0.9], [0.04, 0.3, 0.9]))
+    assert torch.autograd.gradcheck(lambda *a: pcen_fused(*a, 1e-5, 1e-12), (energies, alpha, delta, r, s))

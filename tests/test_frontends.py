@@ -72,11 +72,11 @@ def test_mel_init_centres_and_widths():
 
 
 def test_gabor_energies_match_numpy_convolution():
-    from leaflab.frontends.gabor import gabor_energies_exact
+    from leaflab.frontends.gabor import gabor_energies
     rng = np.random.default_rng(0)
     x = rng.standard_normal(900)
     eta, sigma = np.array([0.05, 1.0, 3.0]), np.array([80.0, 10.0, 2.0])
-    got = gabor_energies_exact(torch.tensor(x)[None], torch.tensor(eta), torch.tensor(sigma), 401)[0].numpy()
+    got = gabor_energies(torch.tensor(x)[None], torch.tensor(eta), torch.tensor(sigma), 401)[0].numpy()
     for n in range(3):
         ref = np.abs(np.convolve(x, numpy_gabor(eta[n], sigma[n], 200))[200:1100]) ** 2
         np.testing.assert_allclose(got[n], ref, rtol=1e-9, atol=1e-12 * ref.max())
@@ -85,7 +85,8 @@ def test_gabor_energies_match_numpy_convolution():
 @pytest.mark.parametrize("exact", [True, False])
 def test_leaf_filterbank_matches_numpy_definition(exact):
     x = clips(4000)[0].numpy()
-    fe = Frontend(FrontendConfig(filterbank="leaf", n_filters=6), exact=exact).double()
+    implementation = "reference" if exact else "fast"
+    fe = Frontend(FrontendConfig(filterbank="leaf", n_filters=6, implementation=implementation)).double()
     eta, sigma, rho = (t.detach().numpy() for t in fe.filterbank.constrained())
     ref = numpy_leaf(x, eta, sigma, rho, 401, 160)
     got = fe.filterbank(torch.tensor(x)[None])[0].detach().numpy()
@@ -102,9 +103,9 @@ def test_fast_path_equals_definition_float64_and_float32(filterbank, compression
     fe = Frontend(FrontendConfig(filterbank=filterbank, compression=compression)).double()
     with torch.no_grad():
         fast = fe(x)
-        fe.exact = True
+        fe.implementation = "reference"
         exact = fe(x)
-        fe.exact = False
+        fe.implementation = "fast"
         fe32 = fe.float()
         fast32 = fe32(x.float()).double()
     scale = exact.abs().amax(dim=(1, 2, 3), keepdim=True)
@@ -118,7 +119,7 @@ def test_leaf_fast_energies_per_band_and_at_22khz():
         x = clips(sr, sr)
         fe = Frontend(FrontendConfig(filterbank="leaf", sample_rate=sr)).double()
         fast = fe.filterbank(x).detach()
-        fe.exact = True
+        fe.implementation = "reference"
         exact = fe.filterbank(x).detach()
         assert fast.shape[-1] == 100
         per_band = ((fast - exact).abs().amax(-1) / exact.abs().amax(-1)).max()
@@ -127,7 +128,7 @@ def test_leaf_fast_energies_per_band_and_at_22khz():
 
 # ---- EfficientLEAF --------------------------------------------------------------------------------------------------
 def test_efficientleaf_one_group_full_taps_stride_one_equals_leaf():
-    leaf = Frontend(FrontendConfig(filterbank="leaf"), exact=True).double()
+    leaf = Frontend(FrontendConfig(filterbank="leaf", implementation="reference")).double()
     sigma_max = float(leaf.filterbank.bandwidths.detach().max())
     cfg = FrontendConfig(filterbank="efficientleaf", groups=1, window_factor=401.5 / sigma_max, stride_factor=1e-6)
     eleaf = Frontend(cfg).double()
@@ -153,7 +154,8 @@ def efficientleaf_reference(x, eta, sigma, rho, geometry, taps, centres):
         imag = torch.nn.functional.conv1d(padded, (envelope * torch.sin(eta[n, None] * t))[:, None], stride=s)
         energy = torch.nn.functional.pad(real ** 2 + imag ** 2, (w_taps // 2, w_taps // 2))
         u = torch.arange(w_taps, dtype=torch.float64)
-        window = torch.exp(-0.5 * ((2 * u / (w_taps - 1) - 1) / (rho[n, None] / s * taps / w_taps)) ** 2)
+        offset = 2 * u / (w_taps - 1) - 1 if w_taps > 1 else u              # a 1-tap window is [1]
+        window = torch.exp(-0.5 * (offset / (rho[n, None] / s * taps / w_taps)) ** 2)
         n_coarse = real.shape[-1]
         coarse = [min((2 * int(c) + s) // (2 * s), n_coarse - 1) for c in centres]
         out.append(torch.stack([(energy[..., m: m + w_taps] * window).sum(-1) for m in coarse], dim=-1))
@@ -161,7 +163,7 @@ def efficientleaf_reference(x, eta, sigma, rho, geometry, taps, centres):
 
 
 @pytest.mark.parametrize("groups,wf,sf,sr", [(4, 4.75, 1.0, SR), (8, 6.0, 16.0, SR), (8, 6.0, 16.0, 8000),
-                                             (4, 4.75, 1.0, 22050)])
+                                             (4, 4.75, 1.0, 22050), (8, 6.0, 16.0, 22050)])
 def test_efficientleaf_filterbank_matches_the_definition(groups, wf, sf, sr):
     # 8 groups at init: two runs of equal strides with different K_g (505 / 377, 209 / 155) share a convolution
     fe = Frontend(FrontendConfig(groups=groups, window_factor=wf, stride_factor=sf, sample_rate=sr,
@@ -178,6 +180,11 @@ def test_efficientleaf_filterbank_matches_the_definition(groups, wf, sf, sr):
     assert got.shape == ref.shape == (x.shape[0], 40, fb.grid.num_frames(x.shape[-1]))
     err = ((got - ref).abs().amax(-1) / ref.abs().amax(-1)).max()
     assert err < 1e-10, float(err)
+    fb.fast = False                                     # the readable definition gives the same numbers
+    definition = fb(x).detach()
+    assert ((definition - ref).abs().amax(-1) / ref.abs().amax(-1)).max() < 1e-10
+    if sr == 22050 and groups == 8:                     # the highest group pools over 1 tap (W_g = 1): no NaN
+        assert min(g.pool_taps for g in fb.geometry()) == 1 and torch.isfinite(got).all()
 
 
 @pytest.mark.parametrize("groups,wf,sf,taps,strides", [
@@ -254,13 +261,13 @@ def test_tbn_matches_numpy():
     var = X.var(axis=(0, 3), keepdims=True)
     np.testing.assert_allclose(got, (X - mean) / np.sqrt(var + 1e-5), rtol=1e-9, atol=1e-9)
     assert fe.out_channels == 2
-    assert Frontend(FrontendConfig(compression="tbn", tbn=TBNConfig(median_append=False))).out_channels == 1
+    assert Frontend(FrontendConfig(compression="tbn", tbn=TBNConfig(median="none"))).out_channels == 1
 
 
 # ---- constraints (functional, at the boundary) ----------------------------------------------------------------------
 @pytest.mark.parametrize("filterbank,sigma_min", [("leaf", 4 * Z), ("efficientleaf", 2 * Z)])
 def test_filterbank_constraints_are_functional(filterbank, sigma_min):
-    fe = Frontend(FrontendConfig(filterbank=filterbank, n_filters=8, groups=2), exact=True).double()
+    fe = Frontend(FrontendConfig(filterbank=filterbank, n_filters=8, groups=2, implementation="reference")).double()
     fb = fe.filterbank
     raw = {"center_freqs": [-0.5, 4.0], "bandwidths": [0.1, 1000.0], "pooling_widths": [1e-4, 0.9]}
     clamped = {"center_freqs": [0.0, math.pi], "bandwidths": [sigma_min, 401 * Z],
@@ -370,7 +377,7 @@ def test_inspection_api():
             assert all(isinstance(v, float) for v in summary.values())
             assert set(fe.compression_parameters()) == ({"alpha", "delta", "r", "s"} if comp == "pcen" else {"a"})
             n_params = sum(p.numel() for p in fe.parameters())
-            assert n_params == sum(p.numel() for p in fe.filterbank_parameters() + fe.compression_parameters_list())
+            assert n_params == sum(p.numel() for p in [*fe.filterbank.parameters(), *fe.compression.parameters()])
 
 
 @pytest.mark.parametrize("change", [
@@ -395,10 +402,85 @@ def test_geometry_recomputed_when_parameters_change():
         fe.filterbank.bandwidths.mul_(0.5)                   # an optimiser step changes σ in place
     y = fe(x)
     assert fe.filterbank._plan is not plan
-    fe.exact = True
+    fe.implementation = "reference"
     torch.testing.assert_close(y, fe(x), rtol=0, atol=1e-4 * float(y.detach().abs().max()))
     eleaf = Frontend(FrontendConfig())
     geo = eleaf.filterbank.geometry()
     with torch.no_grad():
         eleaf.filterbank.center_freqs.mul_(0.5)
     assert eleaf.filterbank.geometry() != geo
+
+
+# ---- compression options (CPJKU/EfficientLEAF's --pcen-learn-logs, --tbn-median-filter[-append], --log1p-*) -------
+def test_pcen_learn_logs_is_pcen_of_the_exponentials():
+    from leaflab.frontends.pcen import PCEN
+    rng = np.random.default_rng(7)
+    E = torch.tensor(rng.random((2, 4, 30)) ** 3 * 10, requires_grad=True)
+    logs = PCEN(4, 0.96, 2.0, 2.0, 0.04, 1e-5, 1e-12, learn_logs=True).double()
+    assert sorted(n for n, _ in logs.named_parameters()) == ["log_alpha", "log_delta", "log_r", "log_smooth_coef"]
+    np.testing.assert_allclose(logs.log_r.detach().numpy(), math.log(0.5))
+    with torch.no_grad():                                   # off the init: values PCEN's direct form would clamp
+        logs.log_alpha.copy_(torch.tensor([0.1, -0.5, 0.0, -2.0]))
+        logs.log_smooth_coef.copy_(torch.log(torch.tensor([0.04, 0.3, 0.5, 0.01])))
+    p = {k: v.detach().numpy() for k, v in {"alpha": logs.log_alpha, "delta": logs.log_delta, "r": logs.log_r,
+                                            "s": logs.log_smooth_coef}.items()}
+    ref = numpy_pcen(E.detach().numpy(), *(np.exp(p[k]) for k in ("alpha", "delta", "r", "s")))
+    results = []
+    for fast in (True, False):                              # the fused kernel serves it without a new backward
+        logs.fast = fast
+        out = logs(E)[:, 0]
+        np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+        results.append(torch.autograd.grad(out.sum(), [E, *logs.parameters()]))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def numpy_tbn(E, a, median):
+    L = np.log1p(10.0 ** np.asarray(a)[..., None] * E)
+    filtered = L - np.sort(L, axis=-1)[..., (L.shape[-1] - 1) // 2][..., None]
+    X = {"none": L[:, None], "subtract": filtered[:, None], "append": np.stack([L, filtered], axis=1)}[median]
+    return (X - X.mean(axis=(0, 3), keepdims=True)) / np.sqrt(X.var(axis=(0, 3), keepdims=True) + 1e-5)
+
+
+@pytest.mark.parametrize("median,trainable,per_band", [("none", False, False), ("subtract", True, False),
+                                                       ("append", False, True), ("subtract", True, True)])
+def test_tbn_median_and_log1p_options(median, trainable, per_band):
+    rng = np.random.default_rng(5)
+    E = rng.random((3, 4, 10)) ** 2
+    cfg = FrontendConfig(filterbank="mel", compression="tbn", n_filters=4,
+                         tbn=TBNConfig(log_gain=2.0, median=median, trainable=trainable, per_band=per_band))
+    fe = Frontend(cfg).double()
+    tbn = fe.compression
+    assert tbn.log_gain.shape == ((4,) if per_band else ())
+    assert ("compression.log_gain" in dict(fe.named_parameters())) == trainable
+    assert fe.out_channels == (2 if median == "append" else 1) == len(fe.channel_names)
+    got = tbn(torch.tensor(E)).detach().numpy()
+    np.testing.assert_allclose(got, numpy_tbn(E, np.full(4, 2.0), median), rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(fe.compression_parameters()["a"], np.full(4, 2.0))
+    state = fe.state_dict()
+    assert ("compression.log_gain" in state) and Frontend(cfg).load_state_dict(state) is not None
+
+
+def test_old_model_files_median_append_still_loads():
+    for old, new in ((True, "append"), (False, "none")):
+        cfg = FrontendConfig.from_dict({"compression": "tbn", "tbn": {"log_gain": 4.0, "median_append": old}})
+        assert (cfg.tbn.median, cfg.tbn.log_gain, cfg.implementation) == (new, 4.0, "fast")
+    with pytest.raises(LeaflabError, match=r"tbn\.median_append = 'yes': expected true or false"):
+        FrontendConfig.from_dict({"tbn": {"median_append": "yes"}})
+
+
+@pytest.mark.parametrize("filterbank", ["leaf", "efficientleaf"])
+def test_leaf_tbn_training_mode_within_1e4_of_the_reference_values_and_gradients(filterbank):
+    x = clips(8000)
+    fe = Frontend(FrontendConfig(filterbank=filterbank, compression="tbn")).double().train()
+    results = []
+    for implementation in ("fast", "reference"):
+        fe.implementation = implementation
+        fe.zero_grad()
+        y = fe(x)
+        (y * torch.linspace(-1, 1, y.shape[-1], dtype=torch.float64)).sum().backward()
+        results.append((y.detach(), [p.grad.clone() for p in fe.parameters()]))
+    (fast, fast_grads), (ref, ref_grads) = results
+    assert ((fast - ref).abs().max() / ref.abs().max()) < 1e-4
+    for got, want in zip(fast_grads, ref_grads):
+        assert ((got - want).abs().max() / want.abs().max()) < 1e-3

@@ -229,3 +229,15 @@ def test_visualize_writes_colour_pngs_for_every_example(tmp_path):
     assert numbers["compression"]["a"][0] == pytest.approx(4.5)
     assert visualize.initial_compression({"pcen": {"alpha": 0.96, "delta": 2.0, "root": 2.0, "smooth_coef": 0.04}},
                                          {"alpha", "r"}) == {"alpha": 0.96, "r": 0.5}
+
+
+def test_channel_labels_come_from_the_frontend():
+    """TBN with the median subtracted in place has one channel: labelled as such, not as PCEN's unnamed one."""
+    from leaflab.frontends import Frontend, FrontendConfig, TBNConfig
+    fe = Frontend(FrontendConfig(filterbank="mel", compression="tbn", n_filters=N_FILTERS,
+                                 tbn=TBNConfig(median="subtract")))
+    outputs = np.random.default_rng(0).normal(size=(2, 1, N_FILTERS, N_FRAMES))
+    figure = plots.frontend_grid_figure(outputs, ["yes", "no"], CENTRES, TIMES, names=fe.channel_names)
+    assert any("median-subtracted" in ax.get_title() for ax in figure.axes)
+    with pytest.raises(ValueError, match="2 channel names for 1 channels"):
+        plots.frontend_grid_figure(outputs, ["yes", "no"], CENTRES, TIMES, names=("a", "b"))

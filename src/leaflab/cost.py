@@ -2,7 +2,9 @@
 
 MACs are counted by torch's own FlopCounterMode on one clip's forward pass (FLOPs / 2): matrix products and
 convolutions, the operations that dominate; elementwise work (energies, PCEN's powers, BatchNorm) and FFTs are
-not counted, so a count is a floor that compares like with like across frontends. Throughput is measured, and a
+not counted, so a count is a floor that compares like with like across frontends. A frontend is counted on its
+reference definition (frontend.implementation: reference): the fast kernels' own autograd functions and FFTs
+would hide work, and the count should not depend on how cleverly it is computed. Throughput is measured, and a
 measurement only means something with the machine it ran on (leaflab.machine).
 """
 
@@ -15,18 +17,25 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from leaflab.frontends import Frontend
+
 
 @torch.inference_mode()
 def macs_per_clip(module: torch.nn.Module, clip_samples: int) -> int:
     """Multiply-accumulates of module(x) for one clip x [1, clip_samples] (matrix products and convolutions),
-    in eval mode; the module's mode is restored."""
+    in eval mode, frontends on their reference definitions; the module's mode and implementations are restored."""
     was_training = module.training
+    frontends = [(m, m.implementation) for m in module.modules() if isinstance(m, Frontend)]
     module.eval()
     try:
+        for frontend, _ in frontends:
+            frontend.implementation = "reference"
         with FlopCounterMode(display=False) as counter:
             module(torch.zeros(1, clip_samples))
     finally:
         module.train(was_training)
+        for frontend, implementation in frontends:
+            frontend.implementation = implementation
     return int(counter.get_total_flops()) // 2
 
 

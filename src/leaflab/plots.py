@@ -117,15 +117,19 @@ def _check_outputs(outputs: np.ndarray, center_freqs_hz, frame_times_s) -> np.nd
 # ---- frontend outputs ---------------------------------------------------------------------------------------
 def frontend_grid_figure(outputs: np.ndarray, titles: Sequence[str], center_freqs_hz: np.ndarray,
                          frame_times_s: np.ndarray, colormap: str = "magma", tile_width_in: float = 2.0,
-                         tile_height_in: float = 1.6, dpi: int = 80) -> Figure:
+                         tile_height_in: float = 1.6, dpi: int = 80,
+                         names: Sequence[str] | None = None) -> Figure:
     """A grid of the frontend outputs of n clips: one tile per clip (its word as title), TBN's channels side by
     side within a tile, each channel scaled to its own robust range, low frequencies at the bottom.
 
-    outputs: [n, C, F, T]; titles: n words; center_freqs_hz: [F]; frame_times_s: [T].
+    outputs: [n, C, F, T]; titles: n words; center_freqs_hz: [F]; frame_times_s: [T]; names: a label per channel
+    (the frontend's `channel_names`; default: by the number of channels).
     """
     outputs = _check_outputs(outputs, center_freqs_hz, frame_times_s)
     n, n_channels = outputs.shape[:2]
-    names = channel_names(n_channels)
+    names = tuple(names) if names is not None else channel_names(n_channels)
+    if len(names) != n_channels:
+        raise ValueError(f"{len(names)} channel names for {n_channels} channels")
     cols = max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / cols)
     figure = new_figure(cols * n_channels * tile_width_in, rows * tile_height_in + 0.3, dpi=dpi)
@@ -143,7 +147,7 @@ def frontend_grid_figure(outputs: np.ndarray, titles: Sequence[str], center_freq
             vmin, vmax = robust_range(image)
             _show_tf(ax, image, frame_times_s, colormap, vmin, vmax)
             title = str(titles[i]) if i < len(titles) else f"#{i}"
-            if n_channels > 1:
+            if names[ch]:
                 title = f"{title} · {names[ch]}"
             ax.set_title(title, fontsize=7, pad=2)
             ax.tick_params(labelsize=5, length=2, pad=1)
@@ -161,16 +165,17 @@ def frontend_grid_figure(outputs: np.ndarray, titles: Sequence[str], center_freq
 
 
 def frontend_grid_image(outputs: np.ndarray, titles: Sequence[str], center_freqs_hz: np.ndarray,
-                        frame_times_s: np.ndarray, colormap: str = "magma") -> np.ndarray:
+                        frame_times_s: np.ndarray, colormap: str = "magma",
+                        names: Sequence[str] | None = None) -> np.ndarray:
     """frontend_grid_figure rendered to [H, W, 3] uint8: what training logs each epoch with
     `Run.log_image_step(image, key="frontend", step=epoch)`."""
-    figure = frontend_grid_figure(outputs, titles, center_freqs_hz, frame_times_s, colormap)
+    figure = frontend_grid_figure(outputs, titles, center_freqs_hz, frame_times_s, colormap, names=names)
     return figure_to_rgb(figure)
 
 
 def frontend_example_figure(waveform: np.ndarray, sample_rate: int, output: np.ndarray, title: str,
                             center_freqs_hz: np.ndarray, frame_times_s: np.ndarray,
-                            colormap: str = "magma", dpi: int = 100) -> Figure:
+                            colormap: str = "magma", dpi: int = 100, names: Sequence[str] | None = None) -> Figure:
     """One clip: its waveform on top, its frontend output below (TBN: both channels side by side, each with its
     own colour bar and scale). Axes: time in s, filter centre frequency in Hz (low at the bottom).
 
@@ -181,7 +186,9 @@ def frontend_example_figure(waveform: np.ndarray, sample_rate: int, output: np.n
         output = output[None]
     _check_outputs(output[None], center_freqs_hz, frame_times_s)
     n_channels = output.shape[0]
-    names = channel_names(n_channels)
+    names = tuple(names) if names is not None else channel_names(n_channels)
+    if len(names) != n_channels:
+        raise ValueError(f"{len(names)} channel names for {n_channels} channels")
     figure = new_figure(4.6 * n_channels + 0.6, 5.0, dpi=dpi)
     grid = figure.add_gridspec(2, n_channels, height_ratios=(1, 2.4), left=0.14 if n_channels == 1 else 0.09,
                                right=0.9 if n_channels == 1 else 0.95, bottom=0.1, top=0.88, hspace=0.4, wspace=0.3)

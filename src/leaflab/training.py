@@ -413,7 +413,8 @@ class EpochLogger:
         model.train(was_training)
         titles = [f"{clips.classes[int(clips.val_labels[i])]} #{int(i)}" for i in clips.image_indices]
         image = frontend_grid_image(outputs, titles, np.asarray(model.frontend.center_frequencies_hz(), dtype=float),
-                                    np.asarray(model.frontend.frame_times_s(clips.crop_samples), dtype=float))
+                                    np.asarray(model.frontend.frame_times_s(clips.crop_samples), dtype=float),
+                                    names=getattr(model.frontend, "channel_names", None))
         self.run.log_image_step(image, key=IMAGE_KEY, step=epoch)
 
 

@@ -3,6 +3,7 @@ merged into it, the config saved in a model file, and what `Frontend(...)` takes
 
 The defaults are the papers' (LEAF, EfficientLEAF): 40 filters over 60–7800 Hz, 25 ms windows, 10 ms hop,
 PCEN s = 0.04, α = 0.96, δ = 2, r = 1/2, TBN log1p(10^5·E) with the median-subtracted copy appended.
+`implementation` picks the hand-written kernels (fast) or the plain-autograd definitions (reference).
 params.yaml restates every one of them (DVC only sees what is written there).
 """
 
@@ -11,11 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+from leaflab.errors import LeaflabError
+from leaflab.frontends import registry
+from leaflab.frontends.tbn import MEDIANS
 from leaflab.schema import (at_least, build, fraction, in_range, non_negative, one_of, positive,
                             raise_first_problem, setting)
 
-FILTERBANKS = ("leaf", "efficientleaf", "mel")
-COMPRESSIONS = ("pcen", "tbn")
+FILTERBANKS = tuple(registry.FILTERBANKS)           # ("leaf", "efficientleaf", "mel")
+COMPRESSIONS = tuple(registry.COMPRESSIONS)         # ("pcen", "tbn")
+IMPLEMENTATIONS = ("fast", "reference")
 
 
 @dataclass(frozen=True)
@@ -28,14 +33,24 @@ class PCENConfig:
     smooth_coef: float = setting(0.04, in_range(0, 1, low_open=True), "smoother coefficient s")
     energy_floor: float = setting(1.0e-5, positive, "energies are clamped to at least this")
     eps: float = setting(1.0e-12, positive, "ε in E / (ε + M)^α")
+    learn_logs: bool = setting(False, doc="learn ln α, ln δ, ln r, ln s (the PCEN paper) instead of the values")
+
+    def problems(self) -> Iterator[tuple[str, object, str]]:
+        if self.learn_logs:
+            for key in ("alpha", "delta"):
+                if getattr(self, key) <= 0:
+                    yield key, getattr(self, key), "a number > 0 (learn_logs learns its logarithm)"
 
 
 @dataclass(frozen=True)
 class TBNConfig:
-    """LogTBN: initial a in log1p(10^a·E), median append, BatchNorm momentum and eps."""
+    """LogTBN: a in log1p(10^a·E), the median filter, BatchNorm momentum and eps."""
 
     log_gain: float = setting(5.0, doc="initial a in log1p(10^a · E)")
-    median_append: bool = setting(True, doc="append L − median_t(L) as a second channel")
+    trainable: bool = setting(True, doc="learn a (else fixed)")
+    per_band: bool = setting(True, doc="one a per band (else one for all)")
+    median: str = setting("append", one_of(*MEDIANS),
+                          "L − median_t(L): none, in place (subtract), or as a second channel (append)")
     momentum: float = setting(0.1, fraction, "BatchNorm running-statistics momentum")
     bn_eps: float = setting(1.0e-5, positive, "BatchNorm eps")
 
@@ -47,6 +62,7 @@ class FrontendConfig:
 
     filterbank: str = setting("efficientleaf", one_of(*FILTERBANKS))
     compression: str = setting("pcen", one_of(*COMPRESSIONS))
+    implementation: str = setting("fast", one_of(*IMPLEMENTATIONS), "hand-written kernels or the definitions")
     n_filters: int = setting(40, in_range(1, 512), "number of bands")
     sample_rate: int = setting(16000, in_range(1000, 192000, "Hz"))
     window_ms: float = setting(25.0, in_range(1, 200, "ms"), "filter and pooling window")
@@ -79,7 +95,15 @@ class FrontendConfig:
 
     @classmethod
     def from_dict(cls, mapping: dict, where: str = "frontend") -> "FrontendConfig":
-        """Build and check from plain data (a model file's saved config; missing keys take the defaults)."""
+        """Build and check from plain data (a model file's saved config; missing keys take the defaults).
+        Files saved before tbn.median existed say tbn.median_append: true | false (append | none)."""
+        tbn = mapping.get("tbn")
+        if isinstance(tbn, dict) and "median_append" in tbn:
+            tbn = dict(tbn)
+            old = tbn.pop("median_append")
+            if not isinstance(old, bool):
+                raise LeaflabError(f"{where}: tbn.median_append = {old!r}: expected true or false")
+            mapping = {**mapping, "tbn": {"median": "append" if old else "none", **tbn}}
         return build(cls, mapping, where)
 
 
@@ -90,4 +114,5 @@ def validate_config(cfg: FrontendConfig, where: str = "frontend") -> None:
     raise_first_problem(cfg, where)
 
 
-__all__ = ["FrontendConfig", "PCENConfig", "TBNConfig", "FILTERBANKS", "COMPRESSIONS", "validate_config"]
+__all__ = ["FrontendConfig", "PCENConfig", "TBNConfig", "FILTERBANKS", "COMPRESSIONS", "IMPLEMENTATIONS",
+           "validate_config"]

@@ -1,198 +1,53 @@
-"""LEAF filterbank: Gabor energies (gabor.py) followed by Gaussian pooling (pooling.py), exact or fast.
+"""LEAF filterbank (Zeghidour et al. 2021): Gabor energies, then Gaussian pooling at the frame centres.
 
-Output P_n(j) = Σ_u w_n(u)·E_n(c_j + u), E_n = |x ∗ φ_n|² with K taps, zero padding;  x [B, T] → [B, N, J].
+    P_n(j) = Σ_u w_n(u)·E_n(c_j + u),   E_n = |x ∗ φ_n|² (K taps, zero padding)      x [B, T] → [B, N, J]
 
-Fast evaluation (default; `exact = True` selects the direct K-tap stride-1 definition). It computes the same
-number within a stated error bound by doing less work:
-1. Support: φ_n is truncated to ±L_n = min((K−1)/2, ⌈5σ_n⌉) taps: the dropped envelope is < e^{−12.5} ≈ 4e−6
-   of the peak (the K-tap truncation of the definition is kept where it is reached).
-2. Stride: |x ∗ φ_n|² is low-pass: its spectrum at ν is bounded by e^{−σ²ν²/4}·‖x‖², so above
-   ω_p = 7.5/σ_n it is below e^{−14} ≈ 8e−7. The energy is computed on a grid of stride s_n (a divisor of the
-   hop period) with π/s_n ≥ 1.2·ω_p, and the pooling sum over every sample is evaluated exactly for such a
-   band-limited signal: Σ_u w(u)E(c+u) = Σ_m E(m·s) v(m·s − c) with v = w ∗ g, g an interpolation low-pass
-   (g(t) = sin(πt/s)/(πt/s)·exp(−(τt/2)²): gain 1 below ω_p, < 1e−7 above 2π/s − ω_p).
-3. Zero padding of the energies at the clip edges (the definition pools E·1[0,T)) is restored by subtracting the
-   few samples of the band-limited E that lie outside the clip (≤ L_n on each side) for the edge frames.
-4. Filters truncated by the K taps (edge amplitude e^{−(K−1)²/(8σ²)} > 1e−4, the lowest ~11 at init) are not
-   band-limited by σ (the truncation leaks); they keep stride 1 and all K taps (exact), evaluated by real FFTs
-   (gabor.fft_correlate), with energy and pooling fused (energy_pooling.pooled_energy; for an integer hop).
-   They remain the largest single cost.
-Filters with the same stride are computed together. The geometry (supports, strides, interpolation kernels)
-depends on σ only; it is cached and recomputed when σ changes (keyed on the parameter's version counter), so an
-unchanged frontend does no host synchronisation per forward.
-Measured error of the fast path vs the definition: ~1e−6 of the band maximum (float64) on speech-like input.
+The definition below convolves every sample with all K taps. The fast path (kernels/leaf.py) computes the same
+numbers within ~1e−6 of each band's maximum with shorter supports and per-filter strides; its plan depends on σ
+only and is cached until σ changes.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .filterbank import GaborFilterbank
 from .framing import FrameGrid
-from .energy_pooling import pooled_energy
-from .gabor import complex_energy, gabor_energies_exact, gabor_impulse_responses, strided_conv1d
-from .pooling import GaborPoolingParameters, depthwise_conv1d, gaussian_pool, gaussian_pooling_windows
-
-SUPPORT_SIGMAS = 5.0          # half support of a Gabor kernel in σ
-ALIAS_SIGMA_BAND = 7.5        # energy band edge ω_p = 7.5/σ (spectrum < e^{-14} beyond)
-ALIAS_MARGIN = 1.2            # π/s >= 1.2·ω_p
-TRUNCATION_EDGE_MAX = 1e-4    # K-tap truncation edge above which a filter stays at stride 1
-INTERP_ERFC_WIDTHS = 3.8      # transition half-width of g in units of τ (erfc(3.8) < 1e-7)
-INTERP_TAIL = 8.5             # g is cut where exp(-(τt/2)²) < 1e-15
+from .gabor import gabor_energies
+from .kernels.leaf import StrideGroup, leaf_pooled_energies, plan_stride_groups
+from .pooling import gaussian_pool, gaussian_pooling_windows
 
 
-@dataclass
-class StrideGroup:
-    """Filters computed together: indices [n_g], stride s, half support L, interpolation kernel g [2R_g+1]."""
-
-    indices: torch.Tensor
-    stride: int
-    half_support: int
-    interpolator: torch.Tensor
-
-
-def interpolation_lowpass(stride: int, passband: float, dtype, device) -> torch.Tensor:
-    """g(t) = sin(πt/s)/(πt/s)·exp(−(τt/2)²), t = −R..R: gain 1 on |ω| < ω_p, ~0 beyond 2π/s − ω_p.
-
-    τ = (2π/s − 2ω_p)/(2·3.8); R = ⌈8.5/τ⌉. g(m·s) = δ_m (interpolating). stride 1 → [1].
-    """
-    if stride == 1:
-        return torch.ones(1, dtype=dtype, device=device)
-    stopband = 2 * math.pi / stride - passband
-    tau = (stopband - passband) / 2 / INTERP_ERFC_WIDTHS
-    radius = int(math.ceil(INTERP_TAIL / tau))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    arg = math.pi * t / stride
-    sinc = torch.where(t == 0, torch.ones(()), torch.sin(arg) / torch.where(t == 0, torch.ones(()), arg))
-    return (sinc * torch.exp(-(tau * t / 2) ** 2)).to(dtype=dtype, device=device)
+def leaf_definition(x: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor, windows: torch.Tensor,
+                    grid: FrameGrid) -> torch.Tensor:
+    """K-tap stride-1 Gabor energies pooled at the frame centres → [B, N, J]."""
+    energies = gabor_energies(x, centers, sigmas, grid.taps)
+    frame_centres = torch.as_tensor(grid.frame_centres(x.shape[-1]), device=x.device)
+    stride = grid.period_samples if grid.period_frames == 1 else None
+    return gaussian_pool(energies, windows, frame_centres, stride)
 
 
-def interpolation_matrix(interpolator: torch.Tensor, taps: int) -> torch.Tensor:
-    """G [K, K + 2R] with G[u, t] = g[t − u] (0 outside g's 2R + 1 taps), so that w @ G = w ∗ g (full length).
-
-    A small dense product: on the CPU, conv1d with g's up to ~1000 taps on these short windows measured
-    10–50× slower than this matrix product.
-    """
-    radius = interpolator.numel() // 2
-    lag = (torch.arange(taps + 2 * radius, device=interpolator.device)[None, :]
-           - torch.arange(taps, device=interpolator.device)[:, None])
-    inside = (lag >= 0) & (lag <= 2 * radius)
-    return torch.where(inside, interpolator[lag.clamp(0, 2 * radius)], 0.0)
-
-
-def plan_stride_groups(sigmas: np.ndarray, grid: FrameGrid, dtype, device) -> list[StrideGroup]:
-    """Choose per-filter stride and support from σ (see module docstring) and group equal strides."""
-    taps = grid.taps
-    half = taps // 2
-    strides = []
-    for sigma in sigmas:
-        truncation_edge = math.exp(-half**2 / (2 * sigma**2))
-        if truncation_edge > TRUNCATION_EDGE_MAX:
-            strides.append(1)
-        else:
-            strides.append(grid.largest_stride_at_most(math.pi * sigma / (ALIAS_MARGIN * ALIAS_SIGMA_BAND)))
-    groups = []
-    for stride in sorted(set(strides), reverse=True):
-        members = [n for n, s in enumerate(strides) if s == stride]
-        sig = sigmas[members]
-        half_support = min(half, int(math.ceil(SUPPORT_SIGMAS * float(sig.max()))))
-        interpolator = interpolation_lowpass(stride, ALIAS_SIGMA_BAND / float(sig.min()), dtype, device)
-        groups.append(StrideGroup(torch.tensor(members, device=device), stride, half_support, interpolator))
-    return groups
-
-
-def pooled_energies_strided(x: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor, windows: torch.Tensor,
-                            group: StrideGroup, grid: FrameGrid) -> torch.Tensor:
-    """Fast pooled energies of one stride group (module docstring, steps 1–3).
-
-    x: [B, T]; centers, sigmas: [n_g]; windows: [n_g, K] → [B, n_g, J].
-    """
-    batch, n_samples = x.shape
-    n = centers.shape[0]
-    taps, s, L = grid.taps, group.stride, group.half_support
-    a, periods = grid.period_samples, grid.period_frames
-    centres = grid.frame_centres(n_samples)
-    n_frames = len(centres)
-    # v = w ∗ g on offsets −(K−1)/2 − R_g … ; pad so that offsets −R−s … R+s exist (R a multiple of s).
-    g = group.interpolator
-    r_g = g.numel() // 2
-    v = windows @ interpolation_matrix(g, taps) if r_g else windows
-    r_v = taps // 2 + r_g
-    R = -(-r_v // s) * s
-    v = F.pad(v, (R + s - r_v, R + s - r_v))          # index i ↔ offset i − (R + s)
-    n_kernel = 2 * R // s + 2                         # ker_p[i] = v(−R − o_p + i·s)
-    n_coarse = int(centres[-1]) // s + n_kernel + 1   # coarse samples τ_m = −R + m·s
-    # Energies on the coarse grid (z uses zero-padded x; E is the band-limited "natural" energy).
-    kernels = gabor_impulse_responses(centers, sigmas, L)
-    pad_left = R + L
-    pad_right = max(0, (n_coarse - 1) * s + 2 * L + 1 - pad_left - n_samples)
-    z = strided_conv1d(F.pad(x, (pad_left, pad_right)), kernels, s, n_coarse)
-    energy = complex_energy(z)
-    # Pool each phase of frames with its own sampled kernel, one strided depthwise conv per phase.
-    out = energy.new_empty(batch, n, n_frames)
-    for p in range(min(periods, n_frames)):
-        c_p = int(centres[p])
-        q_p, o_p = divmod(c_p, s)
-        start = s - o_p  # index of offset −R − o_p in v
-        kernel_p = v[:, start: start + (n_kernel - 1) * s + 1: s]
-        pooled = depthwise_conv1d(energy[..., q_p:], kernel_p, a // s)
-        out[..., p::periods] = pooled[..., : len(range(p, n_frames, periods))]
-    # Edge frames: the definition pools E·1[0,T); remove the band-limited E outside the clip.
-    reach = min(L, taps // 2)
-    edge = (centres - taps // 2 < 0) | (centres + taps // 2 > n_samples - 1)
-    edge_frames = np.nonzero(edge)[0]
-    if reach > 0 and len(edge_frames):
-        x_ext = F.pad(x, (2 * L, 2 * L))
-        seg_left = x_ext[:, L - reach: 3 * L]                      # t = −reach … −1
-        seg_right = x_ext[:, n_samples + L: n_samples + 2 * L + reach + L]  # t = T … T + reach − 1
-        z_out = torch.cat([strided_conv1d(seg_left, kernels, 1, reach),
-                           strided_conv1d(seg_right, kernels, 1, reach)], dim=-1)
-        e_out = complex_energy(z_out)               # [B, n, 2·reach]
-        t_out = np.concatenate([np.arange(-reach, 0), np.arange(n_samples, n_samples + reach)])
-        offset = t_out[None, :] - centres[edge_frames][:, None] + taps // 2   # [J_e, 2·reach] window index
-        inside = (offset >= 0) & (offset < taps)
-        idx = torch.as_tensor(np.clip(offset, 0, taps - 1), device=x.device)
-        weights = windows[:, idx] * torch.as_tensor(inside, dtype=windows.dtype, device=x.device)  # [n, J_e, 2r]
-        correction = torch.einsum("bnt,njt->bnj", e_out, weights)
-        out = out.index_add(-1, torch.as_tensor(edge_frames, device=x.device), -correction)
-    return out
-
-
-def pooled_energies_stride1(x: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor, windows: torch.Tensor,
-                            group: StrideGroup, grid: FrameGrid) -> torch.Tensor:
-    """A stride-1 group with an integer hop: the definition itself, E on every sample of the clip (zero outside)
-    pooled at the frame centres, with kernels of ±L taps. energy_pooling.pooled_energy → [B, n_g, J]."""
-    n_samples = x.shape[-1]
-    L = group.half_support
-    kernels = gabor_impulse_responses(centers, sigmas, L)
-    z = strided_conv1d(F.pad(x, (L, L)), kernels, 1, n_samples)
-    return pooled_energy(z, windows, grid.period_samples, grid.num_frames(n_samples))
-
-
-class LeafFilterbank(GaborPoolingParameters):
-    """LEAF filterbank (learnable η, σ, ρ per filter). x [B, T] → pooled energies [B, N, J].
-
-    Parameters (raw, constrained in forward): center_freqs η [N] rad/sample, bandwidths σ [N] samples,
-    pooling_widths ρ [N]. `exact = True` evaluates the K-tap stride-1 definition (slow reference).
-    """
+class LeafFilterbank(GaborFilterbank):
+    """Learnable η, σ, ρ per filter; σ ≥ 4z."""
 
     sigma_min_factor = 4.0
 
     def __init__(self, n_filters: int, min_freq: float, max_freq: float, grid: FrameGrid, pooling_init: float):
         super().__init__(n_filters, min_freq, max_freq, grid, pooling_init)
-        self.exact = False
         self._plan_key = None
         self._plan: list[StrideGroup] = []
 
-    def stride_groups(self, sigmas: torch.Tensor) -> list[StrideGroup]:
-        """The cached plan; recomputed (one host sync) only when σ, its dtype or device changed.
+    @classmethod
+    def from_config(cls, cfg, grid: FrameGrid) -> "LeafFilterbank":
+        return cls(cfg.n_filters, cfg.min_freq, cfg.max_freq, grid, cfg.pooling_init)
 
-        Plans made under torch.inference_mode hold inference tensors that autograd refuses, so they are keyed
-        apart from the ones made for training.
-        """
+    def pooling_widths_ms(self) -> np.ndarray:
+        """ρ·(K−1)/2 samples in ms."""
+        return 1000 * self._numpy()[2] * (self.grid.taps - 1) / 2 / self.grid.sample_rate
+
+    def stride_groups(self, sigmas: torch.Tensor) -> list[StrideGroup]:
+        """The fast path's plan, recomputed (one host sync) only when σ, its dtype or device changed; plans made
+        under torch.inference_mode hold tensors autograd refuses, so they are keyed apart."""
         p = self.bandwidths
         key = (p.data_ptr(), p._version, sigmas.dtype, sigmas.device, torch.is_inference_mode_enabled())
         if key != self._plan_key:
@@ -202,29 +57,8 @@ class LeafFilterbank(GaborPoolingParameters):
         return self._plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centers, sigmas, widths = self.constrained()
-        centers, sigmas, widths = (t.to(x.dtype) for t in (centers, sigmas, widths))
+        centers, sigmas, widths = (t.to(x.dtype) for t in self.constrained())
         windows = gaussian_pooling_windows(widths, self.grid.taps)
-        if self.exact:
-            return leaf_pooled_energies_exact(x, centers, sigmas, windows, self.grid)
-        outputs, order = [], []
-        for group in self.stride_groups(sigmas):
-            i = group.indices
-            if group.stride == 1 and self.grid.period_frames == 1:
-                outputs.append(pooled_energies_stride1(x, centers[i], sigmas[i], windows[i], group, self.grid))
-            else:
-                outputs.append(pooled_energies_strided(x, centers[i], sigmas[i], windows[i], group, self.grid))
-            order.append(i)
-        out = torch.cat(outputs, dim=1)
-        inverse = torch.empty_like(torch.cat(order))
-        inverse[torch.cat(order)] = torch.arange(inverse.numel(), device=inverse.device)
-        return out[:, inverse]
-
-
-def leaf_pooled_energies_exact(x: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor, windows: torch.Tensor,
-                               grid: FrameGrid) -> torch.Tensor:
-    """The definition: K-tap stride-1 Gabor energies, then Gaussian pooling at the frame centres. → [B, N, J]."""
-    energies = gabor_energies_exact(x, centers, sigmas, grid.taps)
-    centres = torch.as_tensor(grid.frame_centres(x.shape[-1]), device=x.device)
-    stride = grid.period_samples if grid.period_frames == 1 else None
-    return gaussian_pool(energies, windows, centres, stride)
+        if not self.fast:
+            return leaf_definition(x, centers, sigmas, windows, self.grid)
+        return leaf_pooled_energies(x, centers, sigmas, windows, self.stride_groups(sigmas), self.grid)

@@ -9,11 +9,13 @@ Nothing is learnable here; the compression after it is.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-import torch.nn as nn
 import torchaudio
 
+from .filterbank import Filterbank
 from .framing import FrameGrid
 from .gabor import mel_points_hz
 
@@ -24,7 +26,7 @@ def mel_triangles(n_bins: int, n_filters: int, min_freq: float, max_freq: float,
                                                  norm="slaney", mel_scale="htk")
 
 
-class MelFilterbank(nn.Module):
+class MelFilterbank(Filterbank):
     """x [B, T] → mel magnitudes [B, N, J]. Buffers (not saved in the state_dict): window [K], fbank [K//2+1, N]."""
 
     def __init__(self, n_filters: int, min_freq: float, max_freq: float, grid: FrameGrid):
@@ -36,6 +38,10 @@ class MelFilterbank(nn.Module):
         self.register_buffer("fbank", mel_triangles(grid.taps // 2 + 1, n_filters, min_freq, max_freq,
                                                     grid.sample_rate), persistent=False)
 
+    @classmethod
+    def from_config(cls, cfg, grid: FrameGrid) -> "MelFilterbank":
+        return cls(cfg.n_filters, cfg.min_freq, cfg.max_freq, grid)
+
     def center_frequencies_hz(self) -> np.ndarray:
         return mel_points_hz(self.n_filters, self.min_freq, self.max_freq)[1:-1]
 
@@ -43,6 +49,17 @@ class MelFilterbank(nn.Module):
         """FWHM of each triangle: (f_{n+1} − f_{n−1})/2."""
         f = mel_points_hz(self.n_filters, self.min_freq, self.max_freq)
         return (f[2:] - f[:-2]) / 2
+
+    def pooling_widths_ms(self) -> np.ndarray:
+        """The Hann window's standard deviation as a distribution, K·√(1/12 − 1/(2π²)), for every band."""
+        taps = self.grid.taps
+        return np.full(self.n_filters, 1000 * taps * math.sqrt(1 / 12 - 1 / (2 * math.pi**2)) / self.grid.sample_rate)
+
+    def frequency_responses(self, n_fft: int) -> tuple[np.ndarray, np.ndarray]:
+        """The triangles on n_fft//2 + 1 bins (area-normalised as in the fbank)."""
+        sr, n_bins = self.grid.sample_rate, n_fft // 2 + 1
+        fb = mel_triangles(n_bins, self.n_filters, self.min_freq, self.max_freq, sr)
+        return np.arange(n_bins) * sr / n_fft, fb.T.double().numpy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         taps = self.grid.taps

@@ -102,16 +102,17 @@ def write_images(frontend, waveforms: np.ndarray, inputs: np.ndarray, titles: li
     outputs = _array(frontend(torch.as_tensor(inputs, dtype=torch.float32))).astype(np.float32)
     centre = _array(frontend.center_frequencies_hz())
     times = _array(frontend.frame_times_s(n_samples))
+    names = getattr(frontend, "channel_names", None)     # the compression's labels (TBN median subtract / append)
     written = []
 
     if examples:
         for k, (wave, output, title) in enumerate(zip(waveforms, outputs, titles)):
             figure = plots.frontend_example_figure(wave, sample_rate, output, f"{title}  ({label})", centre, times,
-                                                   colormap, dpi=dpi)
+                                                   colormap, dpi=dpi, names=names)
             path = out / f"example_{k:02d}_{safe_name(title)}.png"
             plots.save_png(figure, path)
             written.append(path)
-    grid = plots.frontend_grid_figure(outputs, titles, centre, times, colormap)
+    grid = plots.frontend_grid_figure(outputs, titles, centre, times, colormap, names=names)
     grid.suptitle(f"{label}: frontend output of the fixed validation clips (each channel its own 1–99 % range)",
                   fontsize=9)
     plots.save_png(grid, out / "frontend_grid.png")

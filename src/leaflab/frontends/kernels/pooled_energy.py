@@ -1,24 +1,8 @@
-"""Gabor energy followed by Gaussian pooling at evenly spaced frames, as one autograd function.
+"""Gabor energy and Gaussian pooling at evenly spaced frames as one autograd function, with a backward of
+matrix products over blocks of h samples (derivation: docs/frontends.md).
 
-    P[b, i, j] = Σ_{u=0}^{W−1} w[i, u]·E[b, i, j·h + u − (W−1)/2],   E = re² + im²  (0 outside [0, M))
-
-for complex parts z [B, 2n, M] (rows 0..n−1 real, n..2n−1 imaginary, as gabor.strided_conv1d and
-gabor.fft_correlate return them), windows w [n, W] (odd W), frame spacing h and J frames. The same numbers as
-complex_energy then gaussian_pool with stride h; what differs is the backward.
-
-Why: autograd's backward of that pair ran at 0.5–3 ns per element on 2 CPU cores (oneDNN's strided depthwise
-transposed convolution, and a gradient product broadcast over the real/imaginary axis with an inner loop of only
-n elements). Here the backward is matrix products over blocks of h samples. With τ = t + (W−1)/2, block
-a = ⌊τ/h⌋ and phase p = τ mod h, frame j reaches block a through window row d = a − j < D = ⌈W/h⌉:
-
-    ∂E[i, a, p] = Σ_d ∂P[i, a − d]·w[i, d·h + p],      ∂w[i, d·h + p] = Σ_{b,a} ∂P[b, i, a − d]·E[b, i, a, p]
-
-- Time-major z (strided_conv1d's memory order [B, M, 2n]): the bands lie side by side, so both products are
-  dense ones with a block-diagonal matrix over (d, band), n× the necessary multiply-adds but one call each. The
-  matrix for ∂E is written for both parts with the factor 2 of ∂(z²)/∂z folded in, so ∂z = z·(that product) is a
-  plain elementwise product. Forward pooling: the channels-last depthwise convolution of pooling.py.
-- Channels-first z (the FFT's): per-band products [A, h] @ [h, D], forward and backward.
-On 4-group EfficientLEAF shapes (batch 32) the backward of energy + pooling measured 2× faster than autograd's.
+Contract: pooled_energy(z, w, h, J)[b, i, j] = Σ_u w[i, u]·E[b, i, j·h + u − (W−1)/2], E = re² + im² of the
+parts z [B, 2n, M] (0 outside [0, M)): pooling.gaussian_pool of the energies with stride h, values and gradients.
 """
 from __future__ import annotations
 
@@ -26,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .pooling import depthwise_conv1d
+from .conv import depthwise_conv1d
 
 
 def _geometry(length: int, taps: int, hop: int, n_frames: int) -> tuple[int, int, int, int]:
