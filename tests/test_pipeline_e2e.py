@@ -89,9 +89,18 @@ def test_mlflow_holds_one_complete_run_per_variant_and_seed_and_the_comparison(p
         assert any(a.startswith("images/frontend+step+") for a in artifacts)
         assert any(a.endswith(".pt") for a in artifacts)
         assert "evaluate/predictions.json" in artifacts and "visualize/filterbank.png" in artifacts
+        (model,) = r.outputs.model_outputs  # the run's MLflow model ("Logged models" on the run page)
+        assert client.get_logged_model(model.model_id).source_run_id == r.info.run_id
     (comparison,) = [r for r in runs if r.data.tags["leaflab.kind"] == "comparison"]
     assert comparison.data.tags["leaflab.members"] == ",".join(sorted(r.info.run_id for r in training))
     assert "difference/pcen_vs_tbn/clean" in comparison.data.metrics
+    document = json.loads((project / "reports/comparison.json").read_text())
+    for variant in ("pcen", "tbn"):  # the best seed of each variant is the registered model's latest version
+        per_seed = document["variants"][variant]["test_accuracy"]["per_seed"]
+        best = max(sorted(per_seed), key=lambda seed: per_seed[seed])
+        (version,) = client.search_model_versions(f"name = 'leaflab-{variant}'")
+        assert version.run_id == document["variants"][variant]["run_ids"][best]
+        assert float(version.tags["test_accuracy"]) == pytest.approx(per_seed[best], abs=1e-6)
 
 
 def _all_artifacts(client, run_id, path=None) -> list[str]:

@@ -1,4 +1,4 @@
-"""The `leaflab` command: validate, info, compare, ui.
+"""The `leaflab` command: validate, info, compare, predict, features, export, ui.
 
 Every command turns a LeaflabError into one line `error: …` on stderr and exit status 1 (no traceback).
 """
@@ -157,6 +157,117 @@ def compare(experiment: Optional[str] = typer.Option(None, "--experiment", "-e",
     for sentence in document["verdict"]:
         console.print(f"• {sentence}")
     console.print(f"[dim]store: {redact(uri)}[/dim]")
+
+
+# ---- using a trained model: predict / features / export ---------------------------------------------------------
+VARIANT_OPTION = typer.Option(None, "--variant", "-v", help="a variant of this project (its best evaluated seed)")
+RUN_OPTION = typer.Option(None, "--run", help="an MLflow run id (its logged model)")
+MODEL_OPTION = typer.Option(None, "--model", help="an MLflow model URI, e.g. models:/leaflab-tbn/latest")
+SEED_OPTION = typer.Option(None, "--seed", help="with --variant: this seed instead of the best one")
+
+
+@app.command()
+@reports_errors
+def predict(files: list[Path] = typer.Argument(..., help="audio files: any format, rate, channels, length that "
+                                                         "soundfile reads"),
+            variant: Optional[str] = VARIANT_OPTION, run: Optional[str] = RUN_OPTION,
+            model: Optional[str] = MODEL_OPTION, seed: Optional[int] = SEED_OPTION,
+            top: int = typer.Option(3, "--top", "-k", min=1, help="how many words to show per file"),
+            as_json: bool = typer.Option(False, "--json", help="one JSON document instead of lines")) -> None:
+    """The most probable words of each file. A file that cannot be used gets one `error:` line; the others are
+    still predicted and the exit status is 1."""
+    import json
+
+    from leaflab.inference import read_recording
+    from leaflab.model_choice import choose_spotter
+
+    spotter, where = choose_spotter(variant, run, model, seed)
+    predictions, failed = [], 0
+    for path in files:
+        try:
+            wave = read_recording(path, spotter.sample_rate)
+        except LeaflabError as err:
+            print(f"error: {' '.join(redact(str(err)).split())}", file=sys.stderr)
+            failed += 1
+            continue
+        best = spotter.top(spotter.probabilities([wave])[0], top)
+        predictions.append({"file": str(path), "seconds": round(len(wave) / spotter.sample_rate, 3),
+                            "top": [{"label": label, "probability": p} for label, p in best]})
+        if not as_json:
+            print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in best), flush=True)
+    if as_json:
+        print(json.dumps({"model": where, "predictions": predictions}, indent=2))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@reports_errors
+def features(file: Path = typer.Argument(..., help="one audio file"),
+             variant: Optional[str] = VARIANT_OPTION, run: Optional[str] = RUN_OPTION,
+             model: Optional[str] = MODEL_OPTION, seed: Optional[int] = SEED_OPTION,
+             out: Optional[Path] = typer.Option(None, "--out", "-o", help="X.npy (the array [channels, filters, "
+                                                "frames]), X.npz (with frame_times_s and center_frequencies_hz) "
+                                                "or X.png (the visualize stage's picture)"),
+             colormap: str = typer.Option("magma", help="colour map of the picture")) -> None:
+    """The trained frontend's output for one file (loudness-normalised as the model sees it)."""
+    import numpy as np
+
+    from leaflab import plots
+    from leaflab.inference import read_recording
+    from leaflab.model_choice import choose_spotter
+
+    suffix = out.suffix.lower() if out else ""
+    if out is not None and suffix not in (".npy", ".npz", ".png"):
+        raise LeaflabError(f"--out {out}: expected a .npy, .npz or .png file name")
+    spotter, where = choose_spotter(variant, run, model, seed)
+    wave = read_recording(file, spotter.sample_rate)
+    result = spotter.features(wave)
+    array = result["features"]
+    if suffix == ".npy":
+        np.save(out, array)
+    elif suffix == ".npz":
+        np.savez(out, **result)
+    elif suffix == ".png":
+        plots.check_colormap(colormap, "--colormap")
+        figure = plots.frontend_example_figure(wave, spotter.sample_rate, array, f"{file.name}  ({where})",
+                                               result["center_frequencies_hz"], result["frame_times_s"], colormap,
+                                               names=spotter.model.frontend.channel_names)
+        plots.save_png(figure, out)
+    print(f"{file}: frontend output {list(array.shape)} (channels, filters, frames) of {where}; "
+          f"range {array.min():.4g} … {array.max():.4g}" + (f" → {out}" if out else ""))
+
+
+@app.command("export")
+@reports_errors
+def export_model(variant: Optional[str] = VARIANT_OPTION, run: Optional[str] = RUN_OPTION,
+                 model: Optional[str] = MODEL_OPTION, seed: Optional[int] = SEED_OPTION,
+                 fmt: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript | pt2"),
+                 part: str = typer.Option("model", "--part", help="model (waveform → class probabilities) | "
+                                          "frontend (waveform → features)"),
+                 out_dir: Path = typer.Option(Path("exports"), "--out-dir", help="where the files go"),
+                 log: bool = typer.Option(True, "--log/--no-log", help="also log the file into the model's "
+                                          "MLflow run (artifacts under export/)")) -> None:
+    """Export the trained model or its frontend, check it against PyTorch (≤ 1e-4 relative) with its own
+    runtime (onnxruntime for ONNX), and log it into the model's run."""
+    from leaflab import export, tracking
+    from leaflab.model_choice import choose_spotter
+
+    if fmt not in export.FORMATS or part not in export.PARTS:
+        raise LeaflabError(f"--format {fmt} --part {part}: expected --format one of {', '.join(export.FORMATS)} "
+                           f"and --part one of {', '.join(export.PARTS)}")
+    spotter, where = choose_spotter(variant, run, model, seed)
+    name = f"{spotter.metadata.get('variant', 'model')}-seed{spotter.metadata.get('seed', 0)}-{part}"
+    path = export.export_spotter(spotter, part, fmt, out_dir / f"{name}{export.FORMATS[fmt]}")
+    error = export.verify(spotter, part, path)
+    print(f"{path}: {part} of {where} as {fmt}; matches PyTorch to {error:.1e} (relative); input float32 "
+          f"[batch, {spotter.crop_samples}] at {spotter.sample_rate} Hz; classes in {path}.json")
+    run_id = spotter.metadata.get("run_id")
+    if log and run_id:
+        logged = tracking.open_run(run_id)
+        for item in (path, Path(f"{path}.json")):
+            logged.log_artifact(item, "export")
+        print(f"logged into MLflow run {run_id} (artifacts export/)")
 
 
 # ---- ui ----------------------------------------------------------------------------------------------------------

@@ -90,7 +90,10 @@ class EfficientLeafFilterbank(GaborFilterbank):
                    cfg.stride_factor)
 
     def geometry(self) -> list[GroupGeometry]:
-        """Cached group geometry; recomputed (one host sync) only when η or σ changed."""
+        """Cached group geometry; recomputed (one host sync) only when η or σ changed. While torch.export or
+        torch.compile traces, the parameters are the graph's constants and have no data: the cache is used."""
+        if self._geometry and torch.compiler.is_compiling():
+            return self._geometry
         c, b = self.center_freqs, self.bandwidths
         key = (c.data_ptr(), c._version, b.data_ptr(), b._version)
         if key != self._geometry_key:

@@ -63,6 +63,7 @@ class FrameGrid:
 
     def num_frames(self, n_samples: int) -> int:
         """Number of frames for a clip of n_samples: ceil((n − 1/2) / h), 0 for an empty clip."""
+        n_samples = int(n_samples)  # a tracer's shape entry is a tensor: the clip length is fixed in a traced graph
         if n_samples <= 0:
             return 0
         q = (Fraction(n_samples) - Fraction(1, 2)) / self.hop_samples

@@ -19,6 +19,14 @@ import torch.nn as nn
 MEDIANS = ("none", "subtract", "append")
 
 
+def lower_median(x: torch.Tensor) -> torch.Tensor:
+    """The lower middle value over the last axis, keepdim (torch.median's). ONNX has no median: in an ONNX export
+    it is the ((T−1)//2)-th of the sorted values, the same number."""
+    if torch.onnx.is_in_onnx_export():
+        return torch.sort(x, dim=-1).values.narrow(-1, (x.shape[-1] - 1) // 2, 1)
+    return x.median(dim=-1, keepdim=True).values
+
+
 class LogTBN(nn.Module):
     """log_gain a ([N], or [] unless per_band; a buffer unless trainable); bn: BatchNorm1d over C·N features."""
 
@@ -56,7 +64,7 @@ class LogTBN(nn.Module):
         gain = self.log_gain.to(energies.dtype)
         logs = torch.log1p(10.0 ** (gain[:, None] if gain.dim() else gain) * energies)[:, None]
         if self.median != "none":
-            filtered = logs - logs.median(dim=-1, keepdim=True).values
+            filtered = logs - lower_median(logs)
             logs = torch.cat([logs, filtered], dim=1) if self.median == "append" else filtered
         normed = self.bn(logs.reshape(batch, self.out_channels * n_bands, n_frames))
         return normed.reshape(batch, self.out_channels, n_bands, n_frames)

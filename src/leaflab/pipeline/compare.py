@@ -3,14 +3,15 @@
 Reads reports/summaries/<V>.json (the evaluate stage's) and the runs in MLflow. Writes reports/comparison.md
 (the verdict sentence per pair first), comparison.json (leaflab.comparison's schema), comparison.png, the data
 of the top-level DVC plots that overlay the variants (reports/plots/*.csv), and one MLflow run tagged
-leaflab.kind=comparison holding all of it, with the pairwise differences as metrics.
+leaflab.kind=comparison holding all of it, with the pairwise differences as metrics; registers the best seed of
+each variant as a version of the MLflow model leaflab-<V>.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from leaflab import comparison, plots, tracking
+from leaflab import comparison, mlflow_model, plots, tracking
 from leaflab.config import Config
 from leaflab.layout import Layout, write_csv, write_json, write_text
 
@@ -24,6 +25,8 @@ def run(cfg: Config, layout: Layout = Layout(), say: Callable[[str], None] = pri
     plots.save_png(plots.comparison_figure(document), layout.comparison("png"))
     write_plot_data(document, layout)
     run_id = log_comparison(cfg.tracking.experiment, document, layout)
+    for variant, version in register_best_runs(document).items():
+        say(f"{variant}: best seed registered as models:/{mlflow_model.registered_name(variant)}/{version}")
     header, rows = comparison.variant_cells(document)
     say(comparison.markdown_table(header, rows) + "\n" + "\n".join(document["verdict"]))
     say(f"→ {layout.comparison('md')}, {layout.comparison('json')}, {layout.comparison('png')}; MLflow comparison "
@@ -47,6 +50,16 @@ def write_plot_data(document: dict, layout: Layout) -> None:
     write_csv(folder / "cost.csv", ["variant", "frontend_macs_millions", "test_accuracy"],
               ([name, f"{v['macs_per_clip'].get('frontend', 0) / 1e6:.6g}", f"{v['test_accuracy']['mean']:.6g}"]
                for name, v in variants.items()))
+
+
+def register_best_runs(document: dict) -> dict[str, str]:
+    """The seed of each variant with the best test accuracy → a version of leaflab-<V> in the model registry."""
+    versions = {}
+    for variant, v in document["variants"].items():
+        per_seed = v["test_accuracy"]["per_seed"]
+        seed = max(per_seed, key=lambda s: (per_seed[s], -int(s)))  # the lowest seed on a tie
+        versions[variant] = mlflow_model.register_best(variant, v["run_ids"][seed], per_seed[seed], int(seed))
+    return versions
 
 
 def log_comparison(experiment: str, document: dict, layout: Layout) -> str:

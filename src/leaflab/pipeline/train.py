@@ -2,7 +2,8 @@
 
 Writes runs/<V>/seed-<s>/model.pt and runs/<V>/mlflow_run.json (the DVC output), reports/<V>/train_metrics.json
 (a DVC metric: the headline numbers, means over seeds), reports/<V>/history.csv (per-epoch means over seeds, a
-DVC plot) and reports/<V>/history_per_seed.csv; then marks every seed's run FINISHED (a published training:
+DVC plot) and reports/<V>/history_per_seed.csv; logs each seed's model into its run as an MLflow model (leaflab.mlflow_model);
+then marks every seed's run FINISHED (a published training:
 the next run of the stage trains anew).
 """
 
@@ -13,7 +14,7 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
-from leaflab import distributed, tracking, training
+from leaflab import distributed, mlflow_model, tracking, training
 from leaflab.config import Config
 from leaflab.data import dataset as data
 from leaflab.layout import Layout, write_csv, write_json
@@ -35,6 +36,9 @@ def run(cfg: Config, variant: str, layout: Layout = Layout(), say: Callable[[str
         if ctx.is_main:
             publish(cfg, variant, results, layout)
             for result in results:
+                model_id = mlflow_model.log_spotter(result.run_id, layout.model_file(variant, result.seed))
+                say(f"{variant} seed {result.seed}: MLflow model {mlflow_model.run_model_uri(result.run_id)} "
+                    f"(models:/{model_id})")
                 tracking.open_run(result.run_id).finish("FINISHED")
         distributed.barrier(ctx)
 
