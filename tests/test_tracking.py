@@ -40,6 +40,16 @@ def test_local_store_lives_at_the_root(local_store):
     assert tracking.tracking_uri() == f"sqlite:///{local_store.resolve() / 'mlflow.db'}"
 
 
+def test_experiments_open_in_the_uis_model_training_views(local_store):
+    created = tracking.experiment_id("fresh")
+    client = tracking.client()
+    assert client.get_experiment(created).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("older")  # made before leaflab set the tag: tagged when next used
+    assert "mlflow.experimentKind" not in client.get_experiment(older).tags
+    assert tracking.experiment_id("older") == older
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_image_steps_and_metric_steps_are_read_back(local_store):
     run = tracking.start_run("tests", "r", {"variant": "r", "seed": "0", "params_hash": "h"})
     image = np.zeros((8, 8, 3), dtype=np.uint8)

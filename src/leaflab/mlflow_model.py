@@ -1,5 +1,5 @@
 """MLflow models of trained keyword spotters: one logged into each training run, the best run of each variant
-registered as `leaflab-<variant>` (so `models:/leaflab-tbn/latest` resolves).
+registered as `leaflab-<variant>` (so `models:/leaflab-tbn/latest` resolves), and loading one back.
 
     log_spotter(run_id, "runs/tbn/seed-0/model.pt")       # once per run: a rerun finds the logged model
     register_best("tbn", run_id, test_accuracy)            # a new version only for a new run
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +24,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from leaflab import tracking
+from leaflab.errors import LeaflabError
 from leaflab.inference import Spotter, prediction_table
 
 MODEL_NAME = "model"
@@ -95,7 +97,8 @@ def log_spotter(run_id: str, model_file: str | Path) -> str:
         return existing
     spotter = Spotter.from_file(model_file)
     experiment = tracking.client().get_run(run_id).info.experiment_id
-    with fluent_store(tracking.tracking_uri(), experiment):
+    with fluent_store(tracking.tracking_uri(), experiment), tracking.quiet_downloads(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
         info = mlflow.models.Model.log(
             artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, python_model=str(CODE_FILE),
             artifacts={"model": str(model_file)}, signature=signature(spotter),
@@ -121,6 +124,23 @@ def register_best(variant: str, run_id: str, test_accuracy: float, seed: int) ->
             return str(version.version)
     model_id = logged_model_id(run_id)
     source = f"models:/{model_id}" if model_id else run_model_uri(run_id)
-    version = c.create_model_version(name, source, run_id=run_id, tags=tags, description=description,
-                                     model_id=model_id)
+    with fluent_store(tracking.tracking_uri()):  # the registry store looks the logged model up with the global URI
+        version = c.create_model_version(name, source, run_id=run_id, tags=tags, description=description,
+                                         model_id=model_id)
     return str(version.version)
+
+
+def load_spotter(uri: str) -> Spotter:
+    """The Spotter inside a leaflab MLflow model (runs:/…, models:/…); one line when the URI is missing or is
+    not a leaflab model."""
+    try:
+        with fluent_store(tracking.tracking_uri()), tracking.quiet_downloads():
+            loaded = mlflow.pyfunc.load_model(uri)
+    except Exception as err:  # noqa: BLE001 (MLflow raises many kinds; the user needs the URI and the reason)
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        raise LeaflabError(f"MLflow model {uri}: cannot be loaded ({first[:300]})") from None
+    spotter = getattr(loaded.unwrap_python_model(), "spotter", None)
+    if not isinstance(spotter, Spotter):
+        raise LeaflabError(f"MLflow model {uri}: not a leaflab keyword spotter")
+    return spotter

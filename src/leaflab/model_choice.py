@@ -31,25 +31,6 @@ def best_seed_entry(variant: str, layout: Layout = Layout(), seed: int | None = 
         return entries[0]
 
 
-def spotter_from_mlflow(uri: str) -> Spotter:
-    """The Spotter inside a leaflab MLflow model; one line when the URI is missing or not a leaflab model."""
-    import mlflow
-
-    from leaflab import tracking
-    from leaflab.mlflow_model import fluent_store
-
-    try:
-        with fluent_store(tracking.tracking_uri()):
-            loaded = mlflow.pyfunc.load_model(uri)
-    except Exception as err:  # noqa: BLE001 (MLflow raises many kinds; the user needs the URI and the reason)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LeaflabError(f"MLflow model {uri}: cannot be loaded ({first[:300]})") from None
-    spotter = getattr(loaded.unwrap_python_model(), "spotter", None)
-    if not isinstance(spotter, Spotter):
-        raise LeaflabError(f"MLflow model {uri}: not a leaflab keyword spotter")
-    return spotter
-
-
 def choose_spotter(variant: str | None = None, run_id: str | None = None, model_uri: str | None = None,
                    seed: int | None = None, layout: Layout = Layout()) -> tuple[Spotter, str]:
     """(Spotter, a description of where it came from); exactly one of variant, run_id, model_uri."""
@@ -60,5 +41,7 @@ def choose_spotter(variant: str | None = None, run_id: str | None = None, model_
     if variant:
         entry = best_seed_entry(variant, layout, seed)
         return Spotter.from_file(Path(entry["model"])), f"{variant} seed {entry['seed']} ({layout.relative(entry['model'])})"
+    from leaflab.mlflow_model import load_spotter
+
     uri = model_uri or f"runs:/{run_id}/model"
-    return spotter_from_mlflow(uri), uri
+    return load_spotter(uri), uri

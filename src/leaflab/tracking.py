@@ -88,6 +88,10 @@ def client(uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
 
+# The MLflow UI opens an experiment in its model-training views (runs, metrics, models), not its GenAI views.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(name: str, uri: str | None = None) -> str:
     """Get or create the experiment `name` (artifacts under the repo root for the local store)."""
     c = client(uri)
@@ -95,9 +99,12 @@ def experiment_id(name: str, uri: str | None = None) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             c.restore_experiment(found.experiment_id)
+        if EXPERIMENT_KIND_TAG not in found.tags:
+            c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=default_artifact_location())
+        return c.create_experiment(name, artifact_location=default_artifact_location(),
+                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except mlflow.exceptions.MlflowException:  # created concurrently by another process
         return c.get_experiment_by_name(name).experiment_id
 
@@ -217,7 +224,7 @@ class Run:
 
     def load_dict(self, artifact_file: str) -> dict:
         """A JSON artifact of the run (e.g. evaluate/predictions.json)."""
-        with tempfile.TemporaryDirectory(prefix="leaflab-artifact-") as tmp, _quiet_downloads():
+        with tempfile.TemporaryDirectory(prefix="leaflab-artifact-") as tmp, quiet_downloads():
             try:
                 path = self.client.download_artifacts(self.run_id, artifact_file, tmp)
             except (mlflow.exceptions.MlflowException, OSError) as err:
@@ -259,7 +266,7 @@ class Run:
 
 
 @contextmanager
-def _quiet_downloads() -> Iterator[None]:
+def quiet_downloads() -> Iterator[None]:
     """No MLflow download progress bar on stderr (a command's one-line errors stay one line)."""
     previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
