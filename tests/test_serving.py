@@ -62,7 +62,8 @@ def by_hand(spotter: Spotter, wave: np.ndarray) -> np.ndarray:
     return torch.softmax(logits, dim=0).numpy()
 
 
-def speech_like(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+def tone_in_noise(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    """float32 [seconds · rate]: a Hann-windowed 400 Hz tone (the tiny data set's "low" class) in a little noise."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * rate)) / rate
     tone = np.sin(2 * np.pi * 400 * t) * np.hanning(len(t))
@@ -87,7 +88,7 @@ def test_the_train_stage_logs_one_mlflow_model_into_each_run(in_project):
 
 def test_the_mlflow_model_predicts_in_a_fresh_process_as_computed_by_hand(in_project):
     run_id = run_entry(in_project)["run_id"]
-    waves = np.stack([speech_like(0.6, SAMPLE_RATE, 1), speech_like(0.6, SAMPLE_RATE, 2)])  # 3 windows of 0.25 s
+    waves = np.stack([tone_in_noise(0.6, SAMPLE_RATE, 1), tone_in_noise(0.6, SAMPLE_RATE, 2)])  # 3 windows of 0.25 s
     np.save(in_project / "waves.npy", waves)
     script = ("import json, sys, numpy as np, mlflow\n"
               f"model = mlflow.pyfunc.load_model('runs:/{run_id}/model')\n"
@@ -144,7 +145,7 @@ def test_mlflow_models_serve_answers_a_rest_prediction(trained):
                 assert server.poll() is None, server.stderr.read().decode()[-3000:]
                 assert time.monotonic() < deadline, "mlflow models serve did not start within 180 s"
                 time.sleep(1)
-        wave = speech_like(0.5, SAMPLE_RATE, 3)
+        wave = tone_in_noise(0.5, SAMPLE_RATE, 3)
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
                                          data=json.dumps({"inputs": [wave.tolist()]}).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -167,9 +168,9 @@ def leaflab(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_predict_reads_any_rate_and_channels_and_reports_bad_files_one_line_each(trained, tmp_path):
     stereo_44k = tmp_path / "stereo_44k.wav"
-    sf.write(stereo_44k, np.stack([speech_like(0.7, 44100, 4), speech_like(0.7, 44100, 5)], axis=1), 44100)
+    sf.write(stereo_44k, np.stack([tone_in_noise(0.7, 44100, 4), tone_in_noise(0.7, 44100, 5)], axis=1), 44100)
     flac = tmp_path / "long.flac"
-    sf.write(flac, speech_like(1.3, SAMPLE_RATE, 6), SAMPLE_RATE)
+    sf.write(flac, tone_in_noise(1.3, SAMPLE_RATE, 6), SAMPLE_RATE)
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("not audio at all")
     empty = tmp_path / "empty.wav"
@@ -201,7 +202,7 @@ def test_predict_reads_any_rate_and_channels_and_reports_bad_files_one_line_each
 
 def test_predict_from_the_registry_or_a_run_uri_equals_the_variant(trained):
     wav = trained / "one.wav"
-    sf.write(wav, speech_like(0.4, SAMPLE_RATE, 7), SAMPLE_RATE)
+    sf.write(wav, tone_in_noise(0.4, SAMPLE_RATE, 7), SAMPLE_RATE)
     run_id = run_entry(trained)["run_id"]
     by_variant = json.loads(leaflab(trained, "predict", str(wav), "--variant", VARIANT, "--json").stdout)
     by_run = json.loads(leaflab(trained, "predict", str(wav), "--run", run_id, "--json").stdout)
@@ -211,7 +212,7 @@ def test_predict_from_the_registry_or_a_run_uri_equals_the_variant(trained):
 
 def test_predict_needs_exactly_one_model_and_names_a_missing_one(trained):
     wav = trained / "one.wav"
-    sf.write(wav, speech_like(0.4, SAMPLE_RATE, 7), SAMPLE_RATE)
+    sf.write(wav, tone_in_noise(0.4, SAMPLE_RATE, 7), SAMPLE_RATE)
     neither = leaflab(trained, "predict", str(wav))
     assert neither.returncode == 1 and neither.stderr.count("\n") == 1
     assert "exactly one of --variant V, --run RUN_ID or --model URI" in neither.stderr
@@ -226,7 +227,7 @@ def test_features_as_array_with_axes_and_as_the_visualize_picture(trained, tmp_p
     import matplotlib.image
 
     wav = tmp_path / "clip.wav"
-    wave = speech_like(0.45, 16000, 8)
+    wave = tone_in_noise(0.45, 16000, 8)
     sf.write(wav, wave, 16000)  # another rate than the model's: resampled to 8 kHz
     for suffix in ("npy", "npz", "png"):
         done = leaflab(trained, "features", str(wav), "--variant", VARIANT, "--out", str(tmp_path / f"f.{suffix}"))
@@ -256,7 +257,7 @@ def test_an_exported_file_run_by_its_runtime_equals_pytorch(trained, tmp_path, p
     sidecar = json.loads(Path(f"{path}.json").read_text())
     assert sidecar["samples"] == 2000 and sidecar["sample_rate"] == SAMPLE_RATE and sidecar["part"] == part
     spotter = Spotter.from_file(model_file)  # fast kernels: the exported reference definitions must match them
-    clips = np.stack([speech_like(0.25, SAMPLE_RATE, s) for s in range(5)])  # one window each, batch of 5
+    clips = np.stack([tone_in_noise(0.25, SAMPLE_RATE, s) for s in range(5)])  # one window each, batch of 5
     got = export.run_exported(path, clips)
     if part == "model":
         expected = np.stack([by_hand(spotter, clip) for clip in clips])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Iterator
@@ -97,8 +96,7 @@ def log_spotter(run_id: str, model_file: str | Path) -> str:
         return existing
     spotter = Spotter.from_file(model_file)
     experiment = tracking.client().get_run(run_id).info.experiment_id
-    with fluent_store(tracking.tracking_uri(), experiment), tracking.quiet_downloads(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+    with fluent_store(tracking.tracking_uri(), experiment), tracking.quiet_downloads():
         info = mlflow.models.Model.log(
             artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, python_model=str(CODE_FILE),
             artifacts={"model": str(model_file)}, signature=signature(spotter),

@@ -18,6 +18,7 @@ class KeywordSpotterModel(PythonModel):
 
         self.spotter = Spotter.from_file(context.artifacts["model"])
 
+    # (no type hints: MLflow would validate with them instead of the logged signature; it warns about that once)
     def predict(self, context, model_input, params=None):
         from leaflab.inference import prediction_table
 
