@@ -11,7 +11,7 @@ export PATH := $(BIN):$(PATH)
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[pipeline,test]'
 	@touch $(STAMP)
 
 install: $(STAMP)

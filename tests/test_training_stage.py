@@ -115,6 +115,21 @@ def test_stage_with_several_seeds_writes_one_model_and_run_per_seed(workdir):
                                  rel=1e-5)
 
 
+def test_system_metrics_are_sampled_into_the_run_when_the_user_enables_them(workdir):
+    done = run_stage(workdir, "a", env=stage_env({"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true",
+                                                  "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5",
+                                                  "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}))
+    assert done.returncode == 0, done.stderr
+    (entry,) = run_info(workdir, "a")["runs"]
+    metrics = tracking.client().get_run(entry["run_id"]).data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100 * 64
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    without = run_stage(workdir, "b")  # not enabled: no system metrics
+    assert without.returncode == 0, without.stderr
+    (entry,) = run_info(workdir, "b")["runs"]
+    assert not any(k.startswith("system/") for k in tracking.client().get_run(entry["run_id"]).data.metrics)
+
+
 def test_missing_prepared_data_is_one_line_and_exit_1(workdir):
     (workdir / "data/prepared/train.npy").unlink()
     done = run_stage(workdir, "a")

@@ -323,6 +323,21 @@ def comparison_run(experiment: str, members: list[str], tags: dict[str, str]) ->
     return start_run(experiment, "comparison", {"leaflab.kind": "comparison", "leaflab.members": member_list, **tags})
 
 
+def system_metrics_monitor(run: Run):
+    """MLflow's system metrics (CPU, memory, disk, network, GPU: system/… metrics) sampled into `run` while it
+    trains, when the user enables them as for any MLflow run (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true); None
+    otherwise. The caller finishes it. A resumed run continues at the step after its last sample."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+
+    if not MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get():
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run.run_id, resume_logging=True, tracking_uri=tracking_uri())
+    monitor.start()
+    return monitor
+
+
 def find_run(run_id: str) -> Run | None:
     """The run with this id, or None when the store does not have it."""
     if not run_id:

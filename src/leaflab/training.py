@@ -135,6 +135,7 @@ def train(cfg: Config, variant: str, seed: int, *, layout: Layout = Layout(),
     trained = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) if ctx.distributed else model
 
+    monitor = tracking.system_metrics_monitor(run) if ctx.is_main else None
     try:
         for epoch in range(len(state.history), tc.epochs):
             if state.done:
@@ -161,6 +162,9 @@ def train(cfg: Config, variant: str, seed: int, *, layout: Layout = Layout(),
         if ctx.is_main and run is not None and not isinstance(err, SystemExit):
             run.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
     return TrainResult(variant, seed, run.run_id if run else "", state.history, model.cpu().eval(),
                        state.best_epoch, state.stop_reason)
 
