@@ -59,7 +59,7 @@ USER_COMMANDS = {
     "push": "dvc push",
     "clone": "git clone $GIT_REMOTE leaflab",
     "local_key_id": "dvc remote modify --local storage access_key_id $AWS_ACCESS_KEY_ID",
-    "local_secret": "dvc remote modify --local storage secret_access_key $AWS_SECRET_ACCESS_KEY",
+    "local_secret": 'dvc remote modify --local storage secret_access_key -- "$AWS_SECRET_ACCESS_KEY"',  # a key may start with -
     "pull": "dvc pull",
     "status": "dvc status",
     "exp_run": f"dvc exp run -n {EXPERIMENT} -S train.lr=0.003",
@@ -188,7 +188,7 @@ def team(tmp_path_factory):
     """PostgreSQL, moto S3 and mlflow server (artifacts on S3), the bucket, and the bare git remote."""
     root = tmp_path_factory.mktemp("team")
     credentials = {"AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
-                   "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)}
+                   "AWS_SECRET_ACCESS_KEY": "-" + secrets.token_urlsafe(30)}  # a leading - as real keys may have
     with servers.postgres() as db, servers.s3_server(root / "logs/s3.log") as s3:
         servers.s3_client(s3, *credentials.values()).create_bucket(Bucket=BUCKET)
         server_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
@@ -515,15 +515,19 @@ def test_two_nodes_train_like_one_process_and_resume_after_a_node_dies(tmp_path)
     codes, output = run_two_nodes(workdir, "t2")
     assert codes == [0, 0], output
     one, two = (final_epoch(workdir / f"reports/{v}/history.csv") for v in ("t", "t2"))
-    for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):  # TBN's BatchNorm over both nodes
-        assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-4), key
+    # TBN's BatchNorm over both nodes. The reduction order differs (two half batches), and the rounding grows over
+    # the epochs with the CPU's SIMD path: 0.05 % apart on an AMD EPYC, 0.12 % on an Intel Xeon (train loss)
+    for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+        assert two[key] == pytest.approx(one[key], rel=5e-3, abs=1e-4), key
     # the weights too, up to rounding: summing the gradients of two half batches instead of one batch changes the
     # last bits, and Adam, which steps each weight by about lr whatever its gradient's size, turns that into
-    # differences of a fraction of one step (< lr) where gradients are near zero; BatchNorm's running statistics
-    # follow the weights (measured: ≤ 0.1 % apart)
+    # differences of about one step where gradients are near zero; BatchNorm's running statistics follow the
+    # weights (measured after 4 epochs: ≤ 0.1 % apart on an AMD EPYC; on an Intel Xeon up to 1.9 lr, in one
+    # classifier weight)
     reference, two_state = (final_state(workdir / f"runs/{v}/seed-0/model.pt") for v in ("t", "t2"))
     for key, value in two_state.items():
-        assert torch.allclose(value.double(), reference[key].double(), rtol=5e-3, atol=params["train"]["lr"]), key
+        assert torch.allclose(value.double(), reference[key].double(), rtol=5e-3,
+                              atol=3 * params["train"]["lr"]), key
 
     # node 1 dies mid-training: node 0 stops with one line; the rerun resumes where the checkpoint was
     codes, output = run_two_nodes(workdir, "t3", kill_after_epoch=1)
