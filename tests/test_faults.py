@@ -1,0 +1,373 @@
+"""Fault injection (issue 14, "Reliability"): the real `dvc repro` SIGKILLed inside every stage in turn, and a disk
+that fills up while a checkpoint, a report or the prepared arrays are written.
+
+The kills: one tiny project copy runs `dvc repro` uninterrupted (the reference); a second one runs `dvc repro` in
+its own process group and the whole group is SIGKILLed once inside each stage (train@pcen three times: before
+its first checkpoint, after a checkpoint, while the models are published), each kill followed by the next
+`dvc repro`. At the end DVC has nothing left to do, MLflow holds no RUNNING run and no metric step twice, and the
+results equal the reference's. RELIABILITY.md lists what is tested and what was measured.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import io
+import json
+import os
+import queue
+import random
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import project_copy, project_env, run_in
+from test_pipeline_e2e import TINY
+
+pytestmark = pytest.mark.slow
+
+SEED = 14  # the kill delays come from random.Random(SEED)
+STAGE_LINE = re.compile(r"^Running stage '([^']+)':")
+# (stage, how the kill is timed): "delay" = a random fraction of the stage's duration in the reference run;
+# otherwise a regular expression of the stage's output line after which the group is killed at once.
+KILLS = [
+    ("download", "delay"),
+    ("preprocess", "delay"),
+    ("train@pcen", "early"),                              # before its first checkpoint
+    ("train@pcen", r"^pcen seed \d epoch 1/2:"),          # after the checkpoint of epoch 1 (written before the line)
+    ("train@pcen", r"^pcen seed \d: MLflow model "),      # near the end: every epoch done, models being published
+    ("visualize@pcen", "delay"),
+    ("evaluate@pcen", "delay"),
+    ("compare", "delay"),
+]
+TIMING = ("samples_per_s", "epoch_seconds", "data_wait_fraction", "seconds")
+
+
+class Repro:
+    """`dvc repro` in its own session, its merged stdout/stderr read line by line (time, line) in a thread."""
+
+    def __init__(self, project: Path):
+        self.start = time.monotonic()
+        self.proc = subprocess.Popen(["dvc", "repro"], cwd=project, env={**project_env(), "PYTHONUNBUFFERED": "1"},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[tuple[float, str]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put((time.monotonic() - self.start, line.rstrip("\n")))
+        self.lines.put(None)
+
+    def next_line(self, deadline: float):
+        """The next line, or None at the end of the output; fails the test past `deadline`."""
+        while True:
+            try:
+                item = self.lines.get(timeout=0.05)
+            except queue.Empty:
+                assert time.monotonic() < deadline, "dvc repro hangs:\n" + self.text()[-3000:]
+                continue
+            if item is not None:
+                self.seen.append(item)
+            return item
+
+    def kill_group(self):
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # every process of the group (stage, seed workers) is gone
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise AssertionError("processes of the killed dvc repro survive")
+
+    def finish(self, timeout: float = 600) -> int:
+        deadline = time.monotonic() + timeout
+        while self.next_line(deadline) is not None:
+            pass
+        return self.proc.wait(timeout=60)
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.seen)
+
+    def stages(self) -> list[str]:
+        return [m.group(1) for _, line in self.seen if (m := STAGE_LINE.match(line))]
+
+
+def stage_durations(repro: Repro) -> dict[str, float]:
+    """Seconds from "Running stage 'X'" to the next DVC line after it ("Updating lock file" / the next stage)."""
+    durations, current = {}, None
+    for t, line in repro.seen:
+        if (m := STAGE_LINE.match(line)):
+            current = (m.group(1), t)
+        elif current and line.startswith("Updating lock file"):
+            durations[current[0]] = t - current[1]
+            current = None
+    return durations
+
+
+def repro_killed_in(project: Path, stage: str, how: str, durations: dict[str, float], rng: random.Random) -> dict:
+    """One `dvc repro` killed inside `stage` as `how` says; what happened."""
+    repro = Repro(project)
+    deadline = time.monotonic() + 600
+    kill_at = None
+    pattern = None if how in ("delay", "early") else re.compile(how)
+    while True:
+        if kill_at is not None and time.monotonic() >= kill_at:
+            break
+        try:
+            item = repro.lines.get(timeout=0.01)
+        except queue.Empty:
+            assert time.monotonic() < deadline, "dvc repro hangs:\n" + repro.text()[-3000:]
+            continue
+        assert item is not None, f"dvc repro ended before the kill in {stage}:\n{repro.text()[-3000:]}"
+        repro.seen.append(item)
+        line = item[1]
+        if (m := STAGE_LINE.match(line)) and m.group(1) == stage:
+            if how == "delay":
+                kill_at = time.monotonic() + rng.uniform(0.2, 0.8) * durations[stage]
+            elif how == "early":
+                kill_at = time.monotonic() + rng.uniform(0.5, 2.0)  # importing torch + mlflow takes longer
+        elif pattern is not None and stage in repro.stages() and pattern.search(line):
+            break
+    repro.kill_group()
+    after = [line for _, line in repro.seen]
+    started = max(i for i, line in enumerate(after) if line.startswith(f"Running stage '{stage}'"))
+    return {"stage": stage, "how": how, "inside": not any(line.startswith("Updating lock file")
+                                                          for line in after[started:]),
+            "log": repro.text()}
+
+
+def training_metric_history(client, run_id: str) -> dict:
+    keys = ("train_loss", "val_loss", "val_accuracy", "lr")
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
+
+
+def mlflow_client(project: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def all_runs(client) -> list:
+    experiments = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in experiments], run_view_type=3, max_results=1000)
+
+
+def without(value, keys: tuple[str, ...]):
+    if isinstance(value, dict):
+        return {k: without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [without(v, keys) for v in value]
+    return value
+
+
+def csv_without(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k not in columns} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def killed_and_reference(tmp_path_factory):
+    """(reference project, its repro, faulted project, the kills, the final repro's output)."""
+    reference = project_copy(tmp_path_factory.mktemp("reference") / "project", TINY)
+    faulted = project_copy(tmp_path_factory.mktemp("faulted") / "project", TINY)
+    ref = Repro(reference)
+    assert ref.finish() == 0, ref.text()[-4000:]
+    durations = stage_durations(ref)
+    rng = random.Random(SEED)
+    kills = []
+    for stage, how in KILLS:
+        kill = repro_killed_in(faulted, stage, how, durations, rng)
+        kills.append(kill)
+    final = Repro(faulted)
+    assert final.finish() == 0, final.text()[-4000:]
+    return reference, ref, faulted, kills, final
+
+
+def test_every_kill_landed_inside_its_stage_and_the_next_repro_reran_it(killed_and_reference):
+    _, _, _, kills, final = killed_and_reference
+    assert [k["stage"] for k in kills] == [stage for stage, _ in KILLS]
+    for kill in kills:
+        assert kill["inside"], f"the kill meant for {kill['stage']} came after it finished:\n{kill['log'][-2000:]}"
+    # each following repro ran the killed stage again (the next kill's log, or the final repro's)
+    logs = [k["log"] for k in kills[1:]] + [final.text()]
+    for kill, log in zip(kills, logs):
+        assert f"Running stage '{kill['stage']}'" in log, (kill["stage"], log[-2000:])
+
+
+def test_after_the_last_repro_dvc_is_up_to_date(killed_and_reference):
+    _, _, faulted, _, _ = killed_and_reference
+    assert json.loads(run_in(faulted, ["dvc", "status", "--json"]).stdout or "{}") == {}
+
+
+def test_no_run_is_left_running_and_no_metric_step_is_stored_twice(killed_and_reference):
+    reference, _, faulted, _, _ = killed_and_reference
+    client = mlflow_client(faulted)
+    runs = all_runs(client)
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    doubled = []
+    for r in runs:
+        for key in r.data.metrics:
+            steps = collections.Counter(m.step for m in client.get_metric_history(r.info.run_id, key))
+            doubled += [(r.info.run_id, key, step) for step, n in steps.items() if n > 1]
+    assert doubled == []
+    # one run per (variant, seed) and one comparison run, as in the reference: no orphan from a killed attempt
+    kinds = lambda rs: sorted((r.data.tags.get("leaflab.kind"), r.data.tags.get("variant"), r.data.tags.get("seed"))  # noqa: E731
+                              for r in rs if r.info.status == "FINISHED")
+    assert kinds(runs) == kinds(all_runs(mlflow_client(reference)))
+
+
+def test_training_histories_in_mlflow_equal_the_reference(killed_and_reference):
+    reference, _, faulted, _, _ = killed_and_reference
+
+    def histories(project):
+        client = mlflow_client(project)
+        return {(r.data.tags["variant"], r.data.tags["seed"]): training_metric_history(client, r.info.run_id)
+                for r in all_runs(client) if r.data.tags.get("leaflab.kind") == "training"}
+
+    assert histories(faulted) == histories(reference)
+
+
+def test_results_equal_the_reference(killed_and_reference):
+    reference, _, faulted, _, _ = killed_and_reference
+    for variant in ("pcen", "tbn"):
+        ref_eval = json.loads((reference / f"reports/{variant}/evaluation.json").read_text())
+        got_eval = json.loads((faulted / f"reports/{variant}/evaluation.json").read_text())
+        for key in ("test_accuracy", "test_loss", "test_macro_f1", "robustness_per_seed", "per_class_accuracy"):
+            assert got_eval[key] == ref_eval[key], (variant, key)
+        assert (faulted / f"reports/{variant}/predictions.csv").read_bytes() == \
+            (reference / f"reports/{variant}/predictions.csv").read_bytes(), variant
+        history = f"reports/{variant}/history_per_seed.csv"
+        assert csv_without(faulted / history, TIMING) == csv_without(reference / history, TIMING), variant
+    ref_cmp = json.loads((reference / "reports/comparison.json").read_text())
+    got_cmp = json.loads((faulted / "reports/comparison.json").read_text())
+    assert got_cmp["verdict"] == ref_cmp["verdict"]
+    assert without(got_cmp["pairs"], ("throughput", "clips_per_s_model", "clips_per_s_frontend")) == \
+        without(ref_cmp["pairs"], ("throughput", "clips_per_s_model", "clips_per_s_frontend"))
+
+
+# ---- disk full ---------------------------------------------------------------------------------------------------
+class FullDisk:
+    """A file object that takes half of what is written and then fails with ENOSPC (at write, flush or fsync)."""
+
+    def __init__(self, handle, at: str):
+        self.handle, self.at = handle, at
+
+    def write(self, data):
+        if self.at == "write":
+            self.handle.write(data[: len(data) // 2])
+            self.handle.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.handle.write(data)
+
+    def flush(self):
+        if self.at == "flush":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.handle.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def fill_disk(monkeypatch, at: str) -> None:
+    """leaflab.layout.write_bytes (every atomic file write of leaflab) fails with ENOSPC at `at`."""
+    from leaflab import layout
+
+    real_fdopen, real_fsync = os.fdopen, os.fsync
+    monkeypatch.setattr(layout.os, "fdopen", lambda fd, *a, **k: FullDisk(real_fdopen(fd, *a, **k), at))
+    if at == "fsync":
+        def fsync(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(layout.os, "fsync", fsync)
+    else:
+        monkeypatch.setattr(layout.os, "fsync", real_fsync)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("at", ["write", "flush", "fsync"])
+def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, at):
+    from leaflab.checkpoints import atomic_torch_save
+
+    path = tmp_path / "checkpoints" / "pcen" / "seed-0" / "last.pt"
+    atomic_torch_save({"epoch": 0, "weights": torch.arange(1000.0)}, path)
+    before = folder_bytes(path.parent)
+    fill_disk(monkeypatch, at)
+    with pytest.raises(OSError) as raised:
+        atomic_torch_save({"epoch": 1, "weights": torch.arange(1000.0) * 2}, path)
+    assert raised.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert folder_bytes(path.parent) == before  # the old checkpoint, byte for byte, and no temporary beside it
+    assert torch.load(path, weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.parametrize("at", ["write", "flush", "fsync"])
+def test_disk_full_while_writing_a_report_keeps_the_previous_one(tmp_path, monkeypatch, at):
+    from leaflab.layout import write_csv, write_json
+
+    report, table = tmp_path / "reports" / "pcen" / "evaluation.json", tmp_path / "reports" / "pcen" / "robustness.csv"
+    write_json(report, {"test_accuracy": 0.5})
+    write_csv(table, ["level", "accuracy"], [[0, 0.5]])
+    before = folder_bytes(report.parent)
+    fill_disk(monkeypatch, at)
+    for write in (lambda: write_json(report, {"test_accuracy": 0.75, "pad": "x" * 10_000}),
+                  lambda: write_csv(table, ["level", "accuracy"], [[0, 0.75]] * 1000)):
+        with pytest.raises(OSError) as raised:
+            write()
+        assert raised.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert folder_bytes(report.parent) == before
+
+
+def test_disk_full_while_preprocessing_keeps_the_previous_prepared_data(tmp_path, monkeypatch):
+    from data_helpers import make_speechcommands_tree
+    from leaflab.data.preprocess import prepare_dataset
+
+    raw = tmp_path / "data" / "raw" / "speechcommands"
+    make_speechcommands_tree(raw, words=("cat", "dog"))
+    prepared = tmp_path / "data" / "prepared"
+    prepare_dataset(raw, prepared, workers=1, progress=False)
+    before = folder_bytes(prepared)
+    (raw / "cat" / "f00dcafe_nohash_0.wav").write_bytes((raw / "cat").iterdir().__next__().read_bytes())  # new input
+
+    real_save = np.save
+    calls = []
+
+    def save(file, array, *args, **kwargs):  # the second array saved hits a full disk halfway
+        calls.append(file)
+        if len(calls) < 2:
+            return real_save(file, array, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(buffer, array, *args, **kwargs)
+        Path(file).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "save", save)
+    with pytest.raises(OSError) as raised:
+        prepare_dataset(raw, prepared, workers=1, progress=False)
+    assert raised.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert len(calls) == 2
+    assert folder_bytes(prepared) == before
+    assert sorted(p.name for p in prepared.parent.iterdir()) == ["prepared", "raw"]  # no .tmp-prepared-* left
