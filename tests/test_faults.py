@@ -371,3 +371,53 @@ def test_disk_full_while_preprocessing_keeps_the_previous_prepared_data(tmp_path
     assert len(calls) == 2
     assert folder_bytes(prepared) == before
     assert sorted(p.name for p in prepared.parent.iterdir()) == ["prepared", "raw"]  # no .tmp-prepared-* left
+
+
+# ---- the tracking server killed during training -------------------------------------------------------------------
+def test_tracking_server_killed_during_training_fails_the_stage_and_the_rerun_resumes(tmp_path):
+    from mlflow import MlflowClient
+
+    import servers
+    from test_training_support import PYTHON, free_port, make_workdir, stage_env
+
+    workdir = make_workdir(tmp_path / "repo", epochs=6)
+    store, port = f"sqlite:///{tmp_path / 'm.db'}", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    command = servers.mlflow_server_command(store, (tmp_path / "server-artifacts").as_uri(), port)
+    env = stage_env({"MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    with servers.server_process("mlflow server", command, tmp_path / "server1.log",
+                                lambda: servers.http_ok(uri + "/health")) as server:
+        stage = subprocess.Popen([PYTHON, "stages/train.py", "a"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            for line in stage.stdout:
+                if re.match(r"^a seed 0 epoch 1/6:", line):
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait(timeout=30)
+                    killed = time.monotonic()
+                    break
+            else:
+                pytest.fail("no epoch line: " + stage.stderr.read()[-3000:])
+            out, err = stage.communicate(timeout=240)  # no endless hang
+            seconds = time.monotonic() - killed
+        finally:
+            if stage.poll() is None:
+                os.killpg(stage.pid, signal.SIGKILL)
+    assert stage.returncode != 0, out + err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f"127.0.0.1:{port}" in last, err[-3000:]  # one clear line
+    assert "Traceback" not in err, err[-3000:]
+    assert seconds < 120
+    with servers.server_process("mlflow server", command, tmp_path / "server2.log",
+                                lambda: servers.http_ok(uri + "/health")):
+        done = subprocess.run([PYTHON, "stages/train.py", "a"], cwd=workdir, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        (entry,) = json.loads((workdir / "runs/a/mlflow_run.json").read_text())["runs"]
+        client = MlflowClient(tracking_uri=uri)
+        runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        assert [r.info.run_id for r in runs] == [entry["run_id"]]  # resumed into the first attempt's run
+        assert runs[0].info.status == "FINISHED"
+        for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
+            assert sorted(m.step for m in client.get_metric_history(entry["run_id"], key)) == list(range(6)), key
