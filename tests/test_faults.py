@@ -230,6 +230,16 @@ def test_no_run_is_left_running_and_no_metric_step_is_stored_twice(killed_and_re
     assert kinds(runs) == kinds(all_runs(mlflow_client(reference)))
 
 
+def test_no_temporary_file_is_left_in_the_project(killed_and_reference):
+    _, _, faulted, kills, _ = killed_and_reference
+    left = [p.relative_to(faulted).as_posix() for p in faulted.rglob(".*")
+            if not p.relative_to(faulted).as_posix().startswith((".dvc/", ".git/", ".dvc", ".git"))
+            and (p.name.endswith(".tmp") or p.name.startswith((".tmp-", ".old-")))]
+    assert left == []
+    for kill in kills:  # what each kill interrupted, for RELIABILITY.md (pytest -s)
+        print(f"killed in {kill['stage']} ({kill['how']}) after: {kill['log'].splitlines()[-1][:100]!r}")
+
+
 def test_training_histories_in_mlflow_equal_the_reference(killed_and_reference):
     reference, _, faulted, _, _ = killed_and_reference
 
@@ -421,3 +431,27 @@ def test_tracking_server_killed_during_training_fails_the_stage_and_the_rerun_re
         assert runs[0].info.status == "FINISHED"
         for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
             assert sorted(m.step for m in client.get_metric_history(entry["run_id"], key)) == list(range(6)), key
+
+
+@pytest.mark.xfail(strict=True, reason="finding: a write killed between mkstemp and rename leaves "
+                   "`.<name>.<random>.tmp` beside the file for good (leaflab.layout.write_bytes cleans up only "
+                   "on an exception); harmless to readers, but it stays on disk (checkpoints/ is not DVC's)")
+def test_a_write_killed_midway_leaves_no_temporary_after_the_next_write(tmp_path):
+    from test_training_support import PYTHON
+
+    target = tmp_path / "checkpoints" / "last.pt"
+    script = f"""
+import os, signal
+from pathlib import Path
+from leaflab import layout
+layout.write_bytes(Path({str(target)!r}), b"old")
+layout.os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)   # killed after the data, before the rename
+layout.write_bytes(Path({str(target)!r}), b"new" * 1000)
+"""
+    killed = subprocess.run([PYTHON, "-c", script], capture_output=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert target.read_bytes() == b"old"
+    from leaflab.layout import write_bytes
+
+    write_bytes(target, b"newer")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.pt"]
