@@ -36,7 +36,8 @@ pytestmark = pytest.mark.slow
 SEED = 14  # the kill delays come from random.Random(SEED)
 STAGE_LINE = re.compile(r"^Running stage '([^']+)':")
 # (stage, how the kill is timed): "delay" = a random fraction of the stage's duration in the reference run;
-# otherwise a regular expression of the stage's output line after which the group is killed at once.
+# "file:PATH" = as soon as the stage has written PATH; otherwise a regular expression of the stage's output line
+# after which the group is killed at once.
 KILLS = [
     ("download", "delay"),
     ("preprocess", "delay"),
@@ -45,6 +46,7 @@ KILLS = [
     ("train@pcen", r"^pcen seed \d: MLflow model "),      # near the end: every epoch done, models being published
     ("visualize@pcen", "delay"),
     ("evaluate@pcen", "delay"),
+    ("evaluate@pcen", "file:reports/pcen/evaluation.json"),  # written after every seed's metrics went to MLflow
     ("compare", "delay"),
 ]
 TIMING = ("samples_per_s", "epoch_seconds", "data_wait_fraction", "seconds")
@@ -121,9 +123,14 @@ def repro_killed_in(project: Path, stage: str, how: str, durations: dict[str, fl
     repro = Repro(project)
     deadline = time.monotonic() + 600
     kill_at = None
-    pattern = None if how in ("delay", "early") else re.compile(how)
+    pattern = None if how in ("delay", "early") or how.startswith("file:") else re.compile(how)
+    written = project / how[len("file:"):] if how.startswith("file:") else None
+    stage_started = None
     while True:
         if kill_at is not None and time.monotonic() >= kill_at:
+            break
+        if written is not None and stage_started is not None and written.is_file() \
+                and written.stat().st_mtime >= stage_started:
             break
         try:
             item = repro.lines.get(timeout=0.01)
@@ -134,8 +141,9 @@ def repro_killed_in(project: Path, stage: str, how: str, durations: dict[str, fl
         repro.seen.append(item)
         line = item[1]
         if (m := STAGE_LINE.match(line)) and m.group(1) == stage:
+            stage_started = time.time() - 1.0  # (file times: a coarse clock)
             if how == "delay":
-                kill_at = time.monotonic() + rng.uniform(0.2, 0.8) * durations[stage]
+                kill_at = time.monotonic() + rng.uniform(0.15, 0.6) * durations[stage]
             elif how == "early":
                 kill_at = time.monotonic() + rng.uniform(0.5, 2.0)  # importing torch + mlflow takes longer
         elif pattern is not None and stage in repro.stages() and pattern.search(line):
@@ -225,8 +233,10 @@ def test_no_run_is_left_running_and_no_metric_step_is_stored_twice(killed_and_re
             doubled += [(r.info.run_id, key, step) for step, n in steps.items() if n > 1]
     assert doubled == []
     # one run per (variant, seed) and one comparison run, as in the reference: no orphan from a killed attempt
-    kinds = lambda rs: sorted((r.data.tags.get("leaflab.kind"), r.data.tags.get("variant"), r.data.tags.get("seed"))  # noqa: E731
-                              for r in rs if r.info.status == "FINISHED")
+    def kinds(rs):
+        return sorted((r.data.tags.get("leaflab.kind"), r.data.tags.get("variant"), r.data.tags.get("seed"))
+                      for r in rs if r.info.status == "FINISHED")
+
     assert kinds(runs) == kinds(all_runs(mlflow_client(reference)))
 
 
@@ -238,6 +248,11 @@ def test_no_temporary_file_is_left_in_the_project(killed_and_reference):
     assert left == []
     for kill in kills:  # what each kill interrupted, for RELIABILITY.md (pytest -s)
         print(f"killed in {kill['stage']} ({kill['how']}) after: {kill['log'].splitlines()[-1][:100]!r}")
+    client = mlflow_client(faulted)
+    for r in all_runs(client):
+        if r.data.tags.get("leaflab.kind") == "training":
+            steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "test_accuracy"))
+            print(f"{r.data.tags['variant']} seed {r.data.tags['seed']}: test_accuracy at steps {steps}")
 
 
 def test_training_histories_in_mlflow_equal_the_reference(killed_and_reference):
@@ -419,6 +434,7 @@ def test_tracking_server_killed_during_training_fails_the_stage_and_the_rerun_re
     assert last.startswith("error: ") and f"127.0.0.1:{port}" in last, err[-3000:]  # one clear line
     assert "Traceback" not in err, err[-3000:]
     assert seconds < 120
+    print(f"stage ended {seconds:.1f} s after the server was killed: {last}")
     with servers.server_process("mlflow server", command, tmp_path / "server2.log",
                                 lambda: servers.http_ok(uri + "/health")):
         done = subprocess.run([PYTHON, "stages/train.py", "a"], cwd=workdir, env=env, capture_output=True,

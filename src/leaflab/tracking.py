@@ -90,7 +90,7 @@ def lost_server(err: BaseException) -> LeaflabError | None:
     if not uri.startswith(("http://", "https://")) or not isinstance(err, mlflow.exceptions.MlflowException) \
             or "failed with exception" not in text:
         return None
-    reason = re.search(r"\[Errno -?\d+\][^'\")]*|Read timed out|Max retries exceeded", text)
+    reason = re.search(r"\[Errno -?\d+\][^'\")]*", text) or re.search(r"Read timed out|Max retries exceeded", text)
     return LeaflabError(f"MLflow tracking server {redact(uri)} stopped answering "
                         f"({reason.group(0).strip() if reason else type(err).__name__}); what was done is kept "
                         "(training: the checkpoint of the last epoch): start the server again and rerun "
