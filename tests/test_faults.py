@@ -89,9 +89,12 @@ class Repro:
             try:
                 os.killpg(self.proc.pid, 0)
             except ProcessLookupError:
-                return
+                break
             time.sleep(0.05)
-        raise AssertionError("processes of the killed dvc repro survive")
+        else:
+            raise AssertionError("processes of the killed dvc repro survive")
+        while (item := self.lines.get(timeout=30)) is not None:  # what was printed before the kill, to the end
+            self.seen.append(item)
 
     def finish(self, timeout: float = 600) -> int:
         deadline = time.monotonic() + timeout
