@@ -22,7 +22,22 @@ def run(work: Callable[..., object], *args) -> int:
     except LeaflabError as err:
         print(f"error: {' '.join(redact(str(err)).split())}", file=sys.stderr)  # no password of a URI leaks
         return 1
+    except Exception as err:
+        lost = _tracking_server_lost(err)
+        if lost is None:
+            raise
+        print(f"error: {' '.join(redact(str(lost)).split())}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _tracking_server_lost(err: Exception) -> LeaflabError | None:
+    """The one line for a tracking server that went away mid-stage (leaflab.tracking.lost_server), else None."""
+    if "mlflow" not in sys.modules:  # the error cannot have come from MLflow
+        return None
+    from leaflab import tracking
+
+    return tracking.lost_server(err)
 
 
 def run_for_variant(description: str, work: Callable[[str], object], argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 import urllib.error
@@ -80,6 +81,20 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         raise LeaflabError(f"MLflow tracking server {redact(uri)} is unreachable ({reason}); start it "
                            "(mlflow server …) or unset MLFLOW_TRACKING_URI to use the local store mlflow.db") \
             from None
+
+
+def lost_server(err: BaseException) -> LeaflabError | None:
+    """A tracking server that stopped answering in the middle of a stage, as one line; None for any other error."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    text = str(err)
+    if not uri.startswith(("http://", "https://")) or not isinstance(err, mlflow.exceptions.MlflowException) \
+            or "failed with exception" not in text:
+        return None
+    reason = re.search(r"\[Errno -?\d+\][^'\")]*", text) or re.search(r"Read timed out|Max retries exceeded", text)
+    return LeaflabError(f"MLflow tracking server {redact(uri)} stopped answering "
+                        f"({reason.group(0).strip() if reason else type(err).__name__}); what was done is kept "
+                        "(training: the checkpoint of the last epoch): start the server again and rerun "
+                        "`dvc repro`, which continues in the same runs")
 
 
 def client(uri: str | None = None) -> MlflowClient:

@@ -160,7 +160,10 @@ def train(cfg: Config, variant: str, seed: int, *, layout: Layout = Layout(),
             logger.log_checkpoints(checkpointer)
     except BaseException as err:
         if ctx.is_main and run is not None and not isinstance(err, SystemExit):
-            run.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            try:
+                run.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            except Exception:  # noqa: BLE001 (e.g. the tracking server is gone: report `err`, not this; the
+                pass           # run stays RUNNING with its checkpoint, and the next attempt resumes it)
         raise
     finally:
         if monitor is not None:
