@@ -16,11 +16,12 @@ SOURCES = REPO / "src" / "leaflab"
 
 
 def declared() -> tuple[set[str], set[str]]:
-    """(core distributions, core + pipeline distributions), normalised names."""
+    """(core distributions, core + pipeline + export distributions), normalised names."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     names = lambda specs: {re.split(r"[<>=!\[ ;]", spec)[0].lower().replace("_", "-") for spec in specs}
     core = names(project["dependencies"])
-    return core, core | names(project["optional-dependencies"]["pipeline"])
+    extras = project["optional-dependencies"]
+    return core, core | names(extras["pipeline"]) | names(extras["export"])
 
 
 def imported_top_level(paths) -> set[str]:

@@ -302,3 +302,16 @@ def test_predict_labels_words_spoken_by_a_voice_it_never_heard(tmp_path):
                                         "--json"]).stdout)
     predicted = [p["top"][0]["label"] for p in document["predictions"]]
     assert sum(p == w for p, w in zip(predicted, words)) >= 3, predicted  # measured: all 4, probabilities ≥ 0.99
+
+
+def test_onnx_export_without_the_export_extra_says_how_to_get_it(trained, monkeypatch, tmp_path):
+    import importlib.util
+
+    from leaflab.errors import LeaflabError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    spotter = Spotter.from_file(trained / run_entry(trained)["model"])
+    with pytest.raises(LeaflabError, match=r"ONNX export needs onnxscript: pip install -e '\.\[export\]'"):
+        export.export_spotter(spotter, "model", "onnx", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()

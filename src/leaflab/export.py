@@ -61,6 +61,16 @@ def exportable(spotter: Spotter, part: str) -> nn.Module:
     return LoudnessNormalised(inner, loud.target_db, loud.max_gain_db, loud.enabled, softmax=part == "model").eval()
 
 
+def require_onnx() -> None:
+    """ONNX export and its check need onnx, onnxscript and onnxruntime: the `export` extra, which `make run` skips."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise LeaflabError(f"ONNX export needs {', '.join(missing)}: pip install -e '.[export]' (make test installs "
+                           "it), or export with --format torchscript or pt2")
+
+
 def example_input(spotter: Spotter, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """Speech-level noise, one window long: what the exporters trace and the checks compare on."""
     generator = torch.Generator().manual_seed(seed)
@@ -71,6 +81,8 @@ def export_spotter(spotter: Spotter, part: str, fmt: str, out: Path) -> Path:
     """Write the export to `out` (and `out` + .json: format, part, classes, sample rate, input length)."""
     if fmt not in FORMATS:
         raise LeaflabError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        require_onnx()
     module = exportable(spotter, part)
     x = example_input(spotter)
     out.parent.mkdir(parents=True, exist_ok=True)
