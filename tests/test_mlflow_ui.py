@@ -177,8 +177,13 @@ def test_runs_metrics_and_frontend_images_show_in_the_browser(ui, tmp_path):
     steps = re.findall(r"frontend\+step\+(\d)\+timestamp\+\d+\+[0-9a-f-]+\.png", texts["artifacts"])
     assert sorted(set(steps)) == ["0", "1"], texts["artifacts"][:2000]
     # ... and an image artifact is displayed: an <img> with the file's name, its bytes fetched from the server
-    assert re.search(r'<img[^>]*alt="visualize/frontend_grid\.png"[^>]*src="blob:', doms["image"]), \
-        visible_text(doms["image"])[:2000]
+    # (on a loaded machine the image can miss chromium's virtual-time budget: that page alone is loaded again)
+    displayed = r'<img[^>]*alt="visualize/frontend_grid\.png"[^>]*src="blob:'
+    for _ in range(2):
+        if re.search(displayed, doms["image"]):
+            break
+        doms.update(browse({"image": pages["image"]}, tmp_path, parallel=1))
+    assert re.search(displayed, doms["image"]), visible_text(doms["image"])[:2000]
     listing = json.load(urllib.request.urlopen(
         f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_uuid={run_ids['pcen']}&path=visualize", timeout=10))
     assert [f["path"] for f in listing["files"]] == ["visualize/frontend_grid.png"]
