@@ -14,11 +14,11 @@ import argparse
 import importlib.util
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from frontends import timed  # benchmarks/frontends.py: one warm-up, then the minimum of the repeats
 from leaflab.frontends import Frontend, FrontendConfig
 from leaflab.runtime import retain_freed_memory
 
@@ -55,17 +55,11 @@ def reference_models(checkout: Path):
     return modules["leaf"].Leaf, modules["efficientleaf"].EfficientLeaf
 
 
-def fwd_bwd_seconds(frontend: torch.nn.Module, x: torch.Tensor, repeats: int = 3) -> float:
+def fwd_bwd(frontend: torch.nn.Module, x: torch.Tensor):
     def step():
         frontend.zero_grad(set_to_none=True)
         frontend(x).sum().backward()
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return step
 
 
 def main() -> None:
@@ -88,7 +82,7 @@ def main() -> None:
             for round_ in range(args.rounds):
                 order = ("reference", "leaflab") if round_ % 2 == 0 else ("leaflab", "reference")
                 for who in order:
-                    times[who].append(fwd_bwd_seconds(reference if who == "reference" else mine, x))
+                    times[who].append(timed(fwd_bwd(reference if who == "reference" else mine, x), 3))
             theirs, ours_ms = (statistics.median(times[k]) * 1e3 for k in ("reference", "leaflab"))
             print(f"batch {batch:3d}  {name:22s}  reference {theirs:8.1f} ms  leaflab {ours_ms:7.1f} ms  "
                   f"→ {theirs / ours_ms:4.1f}x", flush=True)
