@@ -25,7 +25,6 @@ from leaflab.evaluation import Loudness, predict_logits
 from leaflab.models import KeywordSpotter, load_trained
 
 BATCH_SIZE = 64
-PROBABILITY_PREFIX = "p_"  # the MLflow model's output column of each class: p_<class>
 
 
 def read_recording(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -91,6 +90,8 @@ class Spotter:
                 "frame_times_s": np.asarray(frontend.frame_times_s(wave.shape[0]), dtype=np.float64),
                 "center_frequencies_hz": np.asarray(frontend.center_frequencies_hz(), dtype=np.float64)}
 
+
+PROBABILITY_PREFIX = "p_"
 
 
 def prediction_table(probabilities: np.ndarray, classes: Sequence[str]):
